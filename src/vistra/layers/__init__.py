@@ -1,0 +1,17 @@
+"""Building blocks shared by every vistra model."""
+from vistra.layers.attention import Attention, SpatialReductionAttention
+from vistra.layers.mlp import ConvMlp, DropPath, Mlp, drop_path_rates
+from vistra.layers.patch_embed import OverlapPatchEmbed, PatchEmbed
+from vistra.layers.position import resample_abs_pos_embed
+
+__all__ = [
+    "Attention",
+    "ConvMlp",
+    "DropPath",
+    "Mlp",
+    "OverlapPatchEmbed",
+    "PatchEmbed",
+    "SpatialReductionAttention",
+    "drop_path_rates",
+    "resample_abs_pos_embed",
+]
