@@ -20,6 +20,7 @@ from vistra.layers import (
     SpatialReductionAttention,
     drop_path_rates,
 )
+from vistra.layers.grid import tokens_to_grid
 from vistra.layers.position import resample_abs_pos_embed
 from vistra.registry import register_model
 
@@ -148,15 +149,15 @@ class PyramidVisionTransformerV2(_PyramidBase):
         maps = []
         for s in range(last + 1):
             tokens, h, w = self._stage(s, x)
-            x = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # (B, C_s, h, w)
-            maps.append(x)
+            x = tokens_to_grid(tokens, h, w)  # (B, C_s, h, w), channels-last view for the next stage
+            maps.append(x.contiguous())  # the pyramid maps stay plain contiguous NCHW
         return maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> last-stage tokens (B, H/32 * W/32, C_4)."""
         for s in range(3):
             tokens, h, w = self._stage(s, x)
-            x = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # (B, C_s, h, w)
+            x = tokens_to_grid(tokens, h, w)  # (B, C_s, h, w), channels-last view: no copy
         return self._stage(3, x)[0]
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
@@ -214,15 +215,15 @@ class PyramidVisionTransformer(_PyramidBase):
             tokens, h, w = self._stage(s, x)
             if s == 3:
                 tokens = self.norm(tokens)[:, 1:]  # drop the class token: (B, N, C_4)
-            x = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # (B, C_s, h, w)
-            maps.append(x)
+            x = tokens_to_grid(tokens, h, w)  # (B, C_s, h, w), channels-last view for the next stage
+            maps.append(x.contiguous())  # the pyramid maps stay plain contiguous NCHW
         return maps
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> normalised last-stage tokens with the class token first (B, 1 + N, C_4)."""
         for s in range(3):
             tokens, h, w = self._stage(s, x)
-            x = tokens.transpose(1, 2).reshape(tokens.shape[0], -1, h, w)  # (B, C_s, h, w)
+            x = tokens_to_grid(tokens, h, w)  # (B, C_s, h, w), channels-last view: no copy
         return self.norm(self._stage(3, x)[0])
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:

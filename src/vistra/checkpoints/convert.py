@@ -52,7 +52,7 @@ _DETECTORS = [
     ("pvt_v2", is_official_pvt_v2), ("pvt", is_official_pvt), ("vit", is_timm_vit),
 ]
 # Classifier parameters per model family (skip_mismatched_head drops them); "head." for any other family.
-HEAD_PREFIXES = {"vit": VIT_HEAD_PREFIXES, "detr": ("class_embed.",)}
+HEAD_PREFIXES = {"vit": VIT_HEAD_PREFIXES, "detr": ("class_embed.",), "resnet": ("fc.",)}
 _POS_EMBED = re.compile(r"(?:(.*)\.)?(pos_embed)(\d?)")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)  # BatchNorm step counters: never worth an error
 _SHOW = 10

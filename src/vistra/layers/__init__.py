@@ -1,5 +1,6 @@
 """Building blocks shared by every vistra model."""
 from vistra.layers.attention import Attention, SpatialReductionAttention
+from vistra.layers.grid import grid_to_tokens, tokens_to_grid
 from vistra.layers.mlp import ConvMlp, DropPath, Mlp, drop_path_rates
 from vistra.layers.patch_embed import OverlapPatchEmbed, PatchEmbed
 from vistra.layers.position import resample_abs_pos_embed
@@ -13,5 +14,7 @@ __all__ = [
     "PatchEmbed",
     "SpatialReductionAttention",
     "drop_path_rates",
+    "grid_to_tokens",
     "resample_abs_pos_embed",
+    "tokens_to_grid",
 ]

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistra.layers.grid import grid_to_tokens, tokens_to_grid
+
 
 def attend(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, need_weights: bool = False
@@ -88,13 +90,12 @@ class SpatialReductionAttention(nn.Module):
         """Tokens (B, H*W, C) -> the reduced tokens keys and values are computed from (B, M, C)."""
         if not self.linear and self.sr_ratio == 1:
             return x
-        B, N, C = x.shape
-        grid = x.transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+        grid = tokens_to_grid(x, H, W)  # (B, C, H, W), channels-last view of the tokens
         if self.linear:
             grid = self.sr(self.pool(grid))  # (B, C, 7, 7)
         else:
             grid = self.sr(grid)  # (B, C, H/R, W/R)
-        reduced = self.norm(grid.flatten(2).transpose(1, 2))  # (B, M, C)
+        reduced = self.norm(grid_to_tokens(grid))  # (B, M, C)
         return self.act(reduced) if self.linear else reduced
 
     def forward(self, x: torch.Tensor, H: int, W: int, need_weights: bool = False):

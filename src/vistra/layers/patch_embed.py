@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vistra.layers.grid import grid_to_tokens
+
 
 class PatchEmbed(nn.Module):
     """Conv2d(kernel=stride=patch) -> tokens, optionally followed by LayerNorm (PVT v1). Official names proj, norm."""
@@ -21,7 +23,7 @@ class PatchEmbed(nn.Module):
             raise ValueError(f"input size {tuple(x.shape[-2:])} is not divisible by the patch size {p}")
         x = self.proj(x)  # (B, D, H/p, W/p)
         hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
+        return self.norm(grid_to_tokens(x)), hw
 
 
 class OverlapPatchEmbed(nn.Module):
@@ -34,6 +36,6 @@ class OverlapPatchEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """x (B, C, H, W) -> tokens (B, H'*W', D) and the grid size (H', W')."""
-        x = self.proj(x)  # (B, D, H', W')
+        x = self.proj(x)  # (B, D, H', W'); channels-last when x was (a later stage's grid view)
         hw = (x.shape[2], x.shape[3])
-        return self.norm(x.flatten(2).transpose(1, 2)), hw
+        return self.norm(grid_to_tokens(x)), hw
