@@ -2,6 +2,10 @@
 
 Files written to `cfg.out_dir`: config.yaml (resolved config, at start), metrics.jsonl (one line per epoch),
 curves.png, last.pt (after every epoch, atomically) and best.pt (when `cfg.best_metric` improves).
+
+Under torchrun the loop runs data-parallel (DDP: gloo on CPU, NCCL on GPU): each process trains on its shard
+of every epoch with `cfg.batch_size` images (the global batch is world_size times that), losses and logs are
+averaged over processes, evaluation runs on rank 0 and its metrics are shared, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
 from vistra.engine.checkpoint_io import atomic_save, load_checkpoint, remove_stale_temp_files
+from vistra.engine import distributed
 from vistra.engine.config import TrainConfig
 from vistra.engine.ema import ModelEma
 from vistra.engine.metrics_log import MetricsLog
@@ -71,9 +77,10 @@ class Trainer:
 
     `eval_fn(model) -> {name: value}` runs under `torch.no_grad()` with the model in eval mode (the EMA
     model when `cfg.ema_decay` is set). `param_groups` defaults to `build_param_groups(model,
-    cfg.weight_decay)`. `sampler` replaces the default seeded shuffling (e.g. a DistributedSampler);
-    its `set_epoch(epoch)` is called every epoch. Epochs are numbered from 1; `epoch` is the number of
-    completed epochs.
+    cfg.weight_decay)`. `sampler` replaces the default seeded shuffling (a DistributedSampler over the
+    processes, seeded with cfg.seed, one process when not distributed); its `set_epoch(epoch)` is called every
+    epoch. Epochs are numbered from 1; `epoch` is the number of completed epochs. `step_fn` gets the
+    DDP-wrapped model under torchrun: it should only call it.
     """
 
     def __init__(
@@ -89,12 +96,20 @@ class Trainer:
     ) -> None:
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
+        self.dist = distributed.setup(self.device.type)
+        if self.device.type == "cuda" and self.dist.enabled:
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.model = model.to(self.device)
+        self.train_model: nn.Module = self.model  # what step_fn calls: the DDP wrapper under torchrun
+        if self.dist.enabled:
+            ids = [self.dist.local_rank] if self.device.type == "cuda" else None
+            self.train_model = DistributedDataParallel(self.model, device_ids=ids)
         self.train_dataset = train_dataset
         self.step_fn = step_fn
         self.eval_fn = eval_fn
         self.collate_fn = collate_fn
-        self.sampler = sampler
+        self.sampler = sampler if sampler is not None else DistributedSampler(
+            train_dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, shuffle=True, seed=cfg.seed)
         self.out_dir = Path(cfg.out_dir)
         self.last_path = self.out_dir / "last.pt"
         self.best_path = self.out_dir / "best.pt"
@@ -113,6 +128,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_value: float | None = None
         self._log = MetricsLog(self.out_dir)
+        self._show = cfg.progress and self.dist.is_main
 
     @property
     def ema_model(self) -> nn.Module | None:
@@ -128,7 +144,6 @@ class Trainer:
         return DataLoader(
             self.train_dataset,
             batch_size=cfg.batch_size,
-            shuffle=self.sampler is None,
             sampler=self.sampler,
             num_workers=cfg.num_workers,
             collate_fn=self.collate_fn,
@@ -157,19 +172,23 @@ class Trainer:
         Returns the history: one dict per epoch with `epoch`, `train_loss`, `lr`, `train_<log>` means,
         `epoch_time_s` and the eval metrics of evaluated epochs.
         """
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        for path in (self.last_path, self.best_path):
-            remove_stale_temp_files(path)
+        main = self.dist.is_main
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for path in (self.last_path, self.best_path):
+                remove_stale_temp_files(path)
+        distributed.barrier()
         if resume and self.last_path.is_file():
             # Loaded on the CPU: RNG states must stay there; weights are copied to the model's device.
             self.load_state_dict(load_checkpoint(self.last_path, map_location="cpu"))
         else:
-            if self.last_path.is_file() and self.epoch == 0:
+            if main and self.last_path.is_file() and self.epoch == 0:
                 warnings.warn(f"starting a fresh run over {self.last_path}; use fit(resume=True) to continue it",
                               stacklevel=2)
-            seed_everything(self.cfg.seed)
-        self.cfg.write_yaml(self.out_dir / "config.yaml")
-        self._log.rewrite(self.history)
+            seed_everything(self.cfg.seed + self.dist.rank)
+        if main:
+            self.cfg.write_yaml(self.out_dir / "config.yaml")
+            self._log.rewrite(self.history)
 
         for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
             record = self._train_one_epoch(epoch)
@@ -178,10 +197,13 @@ class Trainer:
             self.history.append(record)
             self.epoch = epoch
             self._save_best_if_improved(record)
-            atomic_save(self.state_dict(), self.last_path)
-            self._log.append(record)
-            self._log.plot(self.history)
-            if self.cfg.progress:
+            state = self.state_dict()  # every process takes part (it gathers their RNG states)
+            if main:
+                atomic_save(state, self.last_path)
+                self._log.append(record)
+                self._log.plot(self.history)
+            distributed.barrier()  # no process runs ahead of the checkpoint it would resume from
+            if self._show:
                 tqdm.write(f"epoch {epoch}/{self.cfg.epochs}: " + ", ".join(
                     f"{k}={v:.4g}" for k, v in record.items() if k != "epoch"
                 ))
@@ -195,7 +217,7 @@ class Trainer:
             self.build_loader(epoch),
             total=self.steps_per_epoch,
             desc=f"epoch {epoch}/{self.cfg.epochs}",
-            disable=not self.cfg.progress,
+            disable=not self._show,
             dynamic_ncols=True,
         )
         with bar:
@@ -206,11 +228,13 @@ class Trainer:
                 steps += 1
                 for key, value in logs.items():
                     sums[key] = sums.get(key, 0.0) + value
-                if self.cfg.progress:
+                if self._show:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
-        record: dict[str, Any] = {"epoch": epoch, "train_loss": loss_sum / steps, "lr": lr}
-        for key, total in sums.items():
-            record.setdefault(f"train_{key}", total / steps)
+        means = distributed.mean_over_processes(
+            {"train_loss": loss_sum / steps, **{f"train_{k}": v / steps for k, v in sums.items()}}, self.device)
+        record: dict[str, Any] = {"epoch": epoch, "train_loss": means.pop("train_loss"), "lr": lr}
+        for key, value in means.items():
+            record.setdefault(key, value)
         record["epoch_time_s"] = time.perf_counter() - start
         return record
 
@@ -218,7 +242,7 @@ class Trainer:
         """One optimizer step; returns the loss value and the step's logs."""
         batch = move_to_device(batch, self.device)
         with torch.autocast(self.device.type, dtype=self._amp_dtype, enabled=self.cfg.amp):
-            output = self.step_fn(self.model, batch)
+            output = self.step_fn(self.train_model, batch)
         loss, logs = (output, {}) if isinstance(output, Tensor) else output
         logs = _as_float_dict(logs, "step_fn")
         loss_value = float(loss.detach())
@@ -251,6 +275,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------- evaluation
     def _evaluate(self) -> dict[str, float]:
+        """Eval metrics, computed on rank 0 and shared with every process."""
+        metrics = self._evaluate_here() if self.dist.is_main else None
+        return distributed.broadcast_object(metrics)
+
+    def _evaluate_here(self) -> dict[str, float]:
         assert self.eval_fn is not None
         if self.ema is None:
             return self._run_eval(self.model)
@@ -281,6 +310,8 @@ class Trainer:
         best = self.best_value
         if best is None or (value > best if self.cfg.best_mode == "max" else value < best):
             self.best_value = value
+            if not self.dist.is_main:
+                return
             atomic_save(
                 {
                     "format": CHECKPOINT_FORMAT,
@@ -296,7 +327,10 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue training exactly, as tensors and plain python types."""
+        """Everything needed to continue training exactly, as tensors and plain python types.
+
+        Under torchrun every process must call it: it gathers each process's RNG states (`rng_ranks`)."""
+        rng = get_rng_state()
         return {
             "format": CHECKPOINT_FORMAT,
             "epoch": self.epoch,
@@ -306,7 +340,8 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": get_rng_state(),
+            "rng": rng,
+            "rng_ranks": distributed.gather_objects(rng) if self.dist.enabled else None,
             "config": self.cfg.to_dict(),
             "history": [dict(record) for record in self.history],
             "best_value": self.best_value,
@@ -326,7 +361,9 @@ class Trainer:
             self.ema.load_state_dict(checkpoint["ema"])
         if self.scaler.is_enabled() and checkpoint["scaler"] is not None:
             self.scaler.load_state_dict(checkpoint["scaler"])
-        set_rng_state(checkpoint["rng"])
+        ranks = checkpoint.get("rng_ranks")
+        same_world = ranks is not None and len(ranks) == self.dist.world_size
+        set_rng_state(ranks[self.dist.rank] if same_world else checkpoint["rng"])
         self.epoch = int(checkpoint["epoch"])
         self.global_step = int(checkpoint["global_step"])
         self.history = [dict(record) for record in checkpoint["history"]]
