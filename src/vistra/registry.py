@@ -26,6 +26,8 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 def _load_presets() -> None:
     import vistra.backbones  # noqa: F401  (registers the backbone presets)
     import vistra.detection.detr  # noqa: F401
+    import vistra.detection.deformable_detr  # noqa: F401
+    import vistra.tracking.transcenter  # noqa: F401
 
 
 def list_models(pattern: str = "*") -> list[str]:

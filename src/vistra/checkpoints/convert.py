@@ -6,8 +6,9 @@
     report = load_pretrained(model, path)    # all of it, plus shape checks; CheckpointError lists what is wrong
 
 Formats (detect_format): "vit" (timm / vistra names), "hf_vit", "pvt" and "pvt_v2" (official whai362 / vistra
-names), "timm_pvt_v2", "hf_pvt", "hf_pvt_v2", "detr_official", "detr_hf" (convert_detr.py), "unknown" (loaded
-by name as it is: vistra's own files of any other model).
+names), "timm_pvt_v2", "hf_pvt", "hf_pvt_v2", "detr_official", "detr_hf" (convert_detr.py),
+"deformable_detr_official", "deformable_detr_hf" (convert_deformable_detr.py), "unknown" (loaded by name as it
+is: vistra's own files of any other model).
 """
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vistra.checkpoints.convert_deformable_detr import (
+    convert_deformable_detr_state_dict,
+    detect_deformable_detr_format,
+)
 from vistra.checkpoints.convert_detr import convert_detr_state_dict, detect_detr_format
 from vistra.checkpoints.convert_pvt import (
     HF_PVT_RULES,
@@ -46,13 +51,16 @@ FORMATS = {
     "pvt": ("pvt", None),
     "detr_official": ("detr", None),
     "detr_hf": ("detr", None),
+    "deformable_detr_official": ("deformable_detr", None),
+    "deformable_detr_hf": ("deformable_detr", None),
 }
 _DETECTORS = [
     ("hf_vit", is_hf_vit), ("hf_pvt_v2", is_hf_pvt_v2), ("hf_pvt", is_hf_pvt), ("timm_pvt_v2", is_timm_pvt_v2),
     ("pvt_v2", is_official_pvt_v2), ("pvt", is_official_pvt), ("vit", is_timm_vit),
 ]
 # Classifier parameters per model family (skip_mismatched_head drops them); "head." for any other family.
-HEAD_PREFIXES = {"vit": VIT_HEAD_PREFIXES, "detr": ("class_embed.",), "resnet": ("fc.",)}
+HEAD_PREFIXES = {"vit": VIT_HEAD_PREFIXES, "detr": ("class_embed.",), "deformable_detr": ("class_embed.",),
+                 "resnet": ("fc.",)}
 _POS_EMBED = re.compile(r"(?:(.*)\.)?(pos_embed)(\d?)")
 _IGNORED_SUFFIXES = ("num_batches_tracked",)  # BatchNorm step counters: never worth an error
 _SHOW = 10
@@ -87,7 +95,7 @@ class LoadReport:
 
 def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
     """The checkpoint format from its key names (see the module docstring); "unknown" when nothing matches."""
-    detr = detect_detr_format(state_dict)
+    detr = detect_detr_format(state_dict) or detect_deformable_detr_format(state_dict)
     if detr is not None:
         return detr
     keys = list(state_dict)
@@ -139,6 +147,11 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module | N
     if fmt in ("detr_official", "detr_hf"):
         try:
             out = convert_detr_state_dict(state_dict, fmt)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    elif fmt in ("deformable_detr_official", "deformable_detr_hf"):
+        try:
+            out = convert_deformable_detr_state_dict(state_dict, fmt, dropped)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
     elif FORMATS.get(fmt, (None, None))[1] is not None:
