@@ -129,6 +129,9 @@ def test_learning_rate_groups_of_the_official_recipe():
             continue
         slow = n.startswith("backbone.") or "sampling_offsets" in n or "reference_points" in n
         assert scale_of[id(p)] == (0.1 if slow else 1.0), n
+    from vistra.detection.recipe import is_focal
+
+    assert is_focal(model)
 
 
 def test_save_and_load_round_trip(tmp_path):

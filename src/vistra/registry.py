@@ -26,6 +26,7 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
 def _load_presets() -> None:
     import vistra.backbones  # noqa: F401  (registers the backbone presets)
     import vistra.detection.detr  # noqa: F401
+    import vistra.segmentation.model  # noqa: F401  (seg_* / semfpn_* presets)
     import vistra.detection.deformable_detr  # noqa: F401
     import vistra.tracking.transcenter  # noqa: F401
 

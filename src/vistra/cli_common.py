@@ -1,0 +1,36 @@
+"""Pieces the task command modules share: the parser groups they add to, config flags, output helpers."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass
+class CommandGroups:
+    """Where a task module adds its sub-commands: `vistra train TASK`, `vistra eval TASK`,
+    `vistra data make DATASET`, `vistra data convert ...` (verbs), and options of the shared `vistra predict`."""
+
+    verbs: argparse._SubParsersAction
+    train: argparse._SubParsersAction
+    eval: argparse._SubParsersAction
+    make: argparse._SubParsersAction
+    predict: argparse.ArgumentParser
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    """--config YAML and --set KEY=VALUE overrides."""
+    p.add_argument("--config", metavar="YAML", help="config file; its values override the defaults")
+    p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.lr=1e-3 aug.hflip=0 (applied last)")
+
+
+def print_skipped(files: Sequence[str], what: str = "unreadable image file(s)") -> None:
+    """One summary line of skipped inputs, listing the first ten."""
+    shown = "".join(f"\n  {f}" for f in files[:10]) + (f"\n  ... ({len(files)} in all)" if len(files) > 10 else "")
+    print(f"skipped {len(files)} {what}{':' if files else ''}{shown}")
+
+
+def pct(value: float | None) -> str:
+    """A percentage for one-line summaries; n/a when missing."""
+    return "n/a" if value is None else f"{value:.2f}%"
