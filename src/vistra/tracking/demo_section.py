@@ -14,7 +14,7 @@ DATA = {"n_train": 4, "n_val": 2, "length": 40, "size": (160, 120), "digit_size"
         "seed": 0}
 SETTINGS: dict[str, Any] = {
     "class_agnostic": True, "scales": [120], "max_size": 200, "eval_size": 120, "eval_max_size": 200, "hflip": 0.5,
-    "epochs": 6, "batch_size": 8, "lr": 2e-3, "lr_drop_epochs": [5], "warmup_epochs": 0.3, "progress": False,
+    "epochs": 9, "batch_size": 8, "lr": 2e-3, "lr_drop_epochs": [8], "warmup_epochs": 0.3, "progress": False,
     "model.d_model": 64, "model.n_heads": 4, "model.dec_layers": 2, "model.dim_feedforward": 128,
     "model.head_channels": 32,
 }
