@@ -18,10 +18,12 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset, TensorDataset
 
+from vistra.checkpoints import CheckpointError
 from vistra.engine import (
     ModelEma,
     TrainConfig,
     Trainer,
+    TrainingDiverged,
     atomic_save,
     build_lr_fn,
     build_param_groups,
@@ -231,6 +233,65 @@ def test_non_finite_loss_raises_and_keeps_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError, match=r"non-finite loss .* epoch 2, step 3/8"):
         Trainer(TinyMLP(), cfg, make_data(), exploding_step).fit()
     assert load_checkpoint(Path(cfg.out_dir) / "last.pt")["epoch"] == 1
+
+
+def _step_with_infinite_gradients_at(call: int):
+    """ce_step whose loss stays finite but whose gradients are infinite on the `call`-th call."""
+    calls = {"n": 0}
+
+    def step(model: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        calls["n"] += 1
+        x, y = batch
+        logits = model(x)
+        if calls["n"] == call:
+            logits.register_hook(lambda grad: grad * float("inf"))
+        return F.cross_entropy(logits, y), {}
+
+    return step
+
+
+def test_infinite_gradients_on_the_last_step_of_an_epoch_never_reach_last_pt(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, epochs=3)  # 8 steps per epoch: call 16 is the last step of epoch 2
+    with pytest.raises(TrainingDiverged, match=r"non-finite values in the model's .* at the end of epoch 2; "
+                                               r".*last\.pt still holds epoch 1"):
+        Trainer(TinyMLP(), cfg, make_data(), _step_with_infinite_gradients_at(16)).fit()
+    saved = load_checkpoint(Path(cfg.out_dir) / "last.pt")
+    assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_infinite_gradient_norm_stops_before_the_optimizer_step(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, epochs=2, clip_grad=1.0, ema_decay=0.9)
+    trainer = Trainer(TinyMLP(), cfg, make_data(), _step_with_infinite_gradients_at(11))
+    with pytest.raises(TrainingDiverged, match=r"non-finite gradient norm \((nan|inf)\) at epoch 2, step 3/8"):
+        trainer.fit()
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())  # the step was not taken
+    assert load_checkpoint(Path(cfg.out_dir) / "last.pt")["epoch"] == 1
+
+
+def test_resume_from_a_truncated_foreign_or_malicious_last_pt_is_a_checkpoint_error(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path, epochs=1)
+    Trainer(TinyMLP(), cfg, make_data(), ce_step).fit()
+    last = Path(cfg.out_dir) / "last.pt"
+    good = last.read_bytes()
+
+    last.write_bytes(good[: len(good) // 2])
+    with pytest.raises(CheckpointError, match=r"last\.pt: truncated or corrupt checkpoint"):
+        Trainer(TinyMLP(), cfg, make_data(), ce_step).fit(resume=True)
+
+    last.write_bytes(good)
+    with pytest.raises(CheckpointError, match=r"last\.pt: cannot resume from it .*size mismatch for fc1.weight"):
+        Trainer(TinyMLP(hidden=16), cfg, make_data(), ce_step).fit(resume=True)
+
+    marker = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.mkdir, (str(marker),)
+
+    torch.save({"format": "vistra.engine/1", "model": {}, "extra": Payload()}, last)
+    with pytest.raises(CheckpointError, match=r"last\.pt: holds objects that .* refuses to build"):
+        Trainer(TinyMLP(), cfg, make_data(), ce_step).fit(resume=True)
+    assert not marker.exists()
 
 
 def test_data_order_and_worker_randomness_depend_only_on_seed_and_epoch(tmp_path: Path) -> None:

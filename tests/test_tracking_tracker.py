@@ -122,3 +122,26 @@ def test_gaps_and_reset():
 def test_bad_config_is_a_value_error():
     with pytest.raises(ValueError, match="max_age"):
         TrackerConfig(max_age=-1)
+
+
+def test_per_class_scores_override_the_defaults():
+    config = TrackerConfig(match_score=0.3, new_track_score=0.5, class_scores={2: (0.6, 0.8)})
+    tracker = Tracker(config)
+    boxes = [[0, 0, 10, 10], [50, 50, 60, 60], [100, 100, 110, 110]]
+    out = tracker.update(Detections(boxes, [0.55, 0.7, 0.9], [1, 2, 2]))  # class 2 needs 0.8 to start a track
+    assert [(t.label, t.score) for t in out] == [(1, 0.55), (2, 0.9)]
+    out = tracker.update(Detections(boxes, [0.35, 0.65, 0.5], [1, 2, 2]))  # class 2 needs 0.6 to match
+    assert [(t.track_id, t.label) for t in out] == [(1, 1)]
+    assert config.lowest_score() == 0.3
+
+
+def test_class_score_items_by_name_or_id():
+    from vistra.tracking.config import parse_class_scores
+
+    classes = {"1": "car", "2": "pedestrian"}
+    got = parse_class_scores(["car=0.4,0.6", "2=0.7"], classes, TrackerConfig(new_track_score=0.5))
+    assert got == {1: (0.4, 0.6), 2: (0.7, 0.7)}
+    with pytest.raises(ValueError, match=r"unknown class 'truck'; the model's classes: car \(1\), pedestrian \(2\)"):
+        parse_class_scores(["truck=0.5"], classes, TrackerConfig())
+    with pytest.raises(ValueError, match="expected NAME_OR_ID=MATCH"):
+        parse_class_scores(["car=high"], classes, TrackerConfig())

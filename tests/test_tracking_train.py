@@ -93,3 +93,12 @@ def test_a_detector_checkpoint_is_not_a_tracker(tmp_path):
     save_trained({"w": torch.zeros(1)}, tmp_path, {"task": "detect", "model_name": "detr"})
     with pytest.raises(CheckpointError, match="not a tracking model"):
         load_center_tracking(tmp_path)
+
+
+def test_gt_classes_outside_the_tracked_ones_are_named_when_the_data_is_built(digits):
+    from vistra.data.errors import DataError
+    from vistra.data.frame_pairs import FramePairDataset
+
+    sequences = recipe.sequences_of(digits, "train")
+    with pytest.raises(DataError, match=r"class id\(s\) \[.*\], which are not among the tracked classes \[3, 5\]"):
+        FramePairDataset(sequences, label_map={3: 0, 5: 1})

@@ -1,6 +1,6 @@
 """The `vistra` command: parse arguments, call the task module, turn expected errors into one line.
 
-Sub-commands: train TASK, eval TASK, predict, data make DATASET, convert, demo; each task module in
+Sub-commands: train TASK, eval TASK, predict, data make DATASET, convert, export, demo, bench; each task module in
 TASK_MODULES adds its own. Heavy modules (torch, the models, the tasks) are imported inside the command functions,
 after parsing.
 Bad input (DataError, CheckpointError, UnknownModelError, a missing file, a bad config value) is printed as
@@ -47,6 +47,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from vistra.cli_export import run_export
+
+    run_export(args.checkpoint, args.out, args.format, size=args.size, opset=args.opset, model_name=args.model,
+               with_mask=args.mask, dynamic=not args.static)  # prints its own summary
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vistra.demo import run_demo
 
@@ -80,15 +88,31 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print the JSON report instead of one line per image")
     predict.set_defaults(func=cmd_predict)
 
-    groups = CommandGroups(verbs=verbs, train=train, eval=evaluate, make=make, predict=predict)
+    groups = CommandGroups(verbs=verbs, train=train, eval=evaluate, make=make, predict=predict, data=data)
     for module in TASK_MODULES.values():
         importlib.import_module(module).add_commands(groups)
+    importlib.import_module("vistra.bench.commands").add_commands(groups)  # vistra bench
 
     p = verbs.add_parser("convert", help="convert an official / timm / Hugging Face checkpoint to vistra safetensors")
     p.add_argument("src", metavar="SRC")
     p.add_argument("dst", metavar="DST")
     p.add_argument("--model", required=True, help="the vistra model the checkpoint is for")
     p.set_defaults(func=cmd_convert)
+
+    p = verbs.add_parser("export", help="export a trained model (or a model name, random weights) to ONNX and "
+                                        "check it with onnxruntime")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="model.safetensors, a run folder, last.pt / best.pt, "
+                                                            "a foreign checkpoint with --model, or a model name")
+    p.add_argument("out", metavar="OUT", help="the .onnx file to write")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="export format (default onnx)")
+    p.add_argument("--size", nargs=2, type=int, metavar=("H", "W"),
+                   help="example image size (default: the model's training / eval size); the graph takes any size "
+                        "where the model allows it")
+    p.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    p.add_argument("--model", help="model name, for checkpoints that do not record it")
+    p.add_argument("--mask", action="store_true", help="detectors: add the padding-mask input (B, H, W) bool")
+    p.add_argument("--static", action="store_true", help="fix the batch and image size to the example's")
+    p.set_defaults(func=cmd_export)
 
     p = verbs.add_parser("demo", help="build the built-in data, train small models and write a report")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
@@ -129,10 +153,11 @@ def _is_user_error(err: BaseException) -> bool:
     """Errors caused by the user's input (files, names, config values), not by a bug."""
     from vistra.checkpoints.errors import CheckpointError
     from vistra.data.errors import DataError
+    from vistra.engine.errors import TrainingDiverged
 
     expected: tuple[type[BaseException], ...] = (
-        DataError, CheckpointError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-        PermissionError, FileExistsError,
+        DataError, CheckpointError, TrainingDiverged, ValueError, FileNotFoundError, NotADirectoryError,
+        IsADirectoryError, PermissionError, FileExistsError,
     )  # UnknownModelError is a ValueError
     return isinstance(err, expected)
 

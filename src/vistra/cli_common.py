@@ -9,20 +9,32 @@ from dataclasses import dataclass
 @dataclass
 class CommandGroups:
     """Where a task module adds its sub-commands: `vistra train TASK`, `vistra eval TASK`,
-    `vistra data make DATASET`, `vistra data convert ...` (verbs), and options of the shared `vistra predict`."""
+    `vistra data make DATASET`, `vistra data ACTION` (data, e.g. convert), top-level verbs, and options of the
+    shared `vistra predict`."""
 
     verbs: argparse._SubParsersAction
     train: argparse._SubParsersAction
     eval: argparse._SubParsersAction
     make: argparse._SubParsersAction
     predict: argparse.ArgumentParser
+    data: argparse._SubParsersAction | None = None
 
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
-    """--config YAML and --set KEY=VALUE overrides."""
+    """--config YAML and --set KEY=VALUE overrides; --compile, short for --set train.compile=true."""
     p.add_argument("--config", metavar="YAML", help="config file; its values override the defaults")
     p.add_argument("--set", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.lr=1e-3 aug.hflip=0 (applied last)")
+    p.add_argument("--compile", dest="set", action="append_const", const="train.compile=true",
+                   help="run the training steps through torch.compile (inductor; pick another backend with "
+                        "--set train.compile_backend=aot_eager)")
+
+
+def add_backbone_weights_arg(p: argparse.ArgumentParser) -> None:
+    """--backbone-weights FILE: fine-tune from a pretrained backbone."""
+    p.add_argument("--backbone-weights", metavar="FILE",
+                   help="ImageNet (or detector) checkpoint loaded into the backbone only, any supported format "
+                        "(official PVT / PVTv2, timm, Hugging Face, torchvision); the heads start fresh")
 
 
 def print_skipped(files: Sequence[str], what: str = "unreadable image file(s)") -> None:

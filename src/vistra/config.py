@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from vistra.atomic_io import write_text_atomic
+
 T = TypeVar("T")
 
 
@@ -212,10 +214,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def save_config(cfg: Any, path: str | os.PathLike) -> Path:
     """Write the resolved config as YAML (field order kept); returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    return path
+    return write_text_atomic(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:

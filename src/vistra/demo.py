@@ -12,12 +12,13 @@ one line to SECTIONS. The whole demo must stay under 10 minutes on 2 CPU cores.
 from __future__ import annotations
 
 import importlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vistra.atomic_io import write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -116,8 +117,8 @@ def run_demo(out: str | Path = "demo_out", epochs: int | None = None, only: Sequ
         "total_time_s": round(total, 1),
         "threads": threads or previous,
     }
-    (ctx.report / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    (ctx.report / "report.md").write_text(report_markdown(results, total))
+    write_json_atomic(ctx.report / "metrics.json", metrics)
+    write_text_atomic(ctx.report / "report.md", report_markdown(results, total))
     print(summary_line(results, total, ctx.report))
     return metrics
 

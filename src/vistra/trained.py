@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from vistra.atomic_io import write_json_atomic
 from vistra.checkpoints.errors import CheckpointError
 
 MODEL_FILE = "model.safetensors"
@@ -39,9 +40,7 @@ def save_trained(model: torch.nn.Module | dict[str, torch.Tensor], folder: str |
     text = json.dumps(info)
     path = save_checkpoint(model, folder / MODEL_FILE, model_name=info["model_name"],
                            metadata={"task": info["task"], "info": text})
-    tmp = folder / f".{INFO_FILE}.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, folder / INFO_FILE)
+    write_json_atomic(folder / INFO_FILE, info)
     return path
 
 
@@ -145,7 +144,7 @@ def _trainer_checkpoint(weights: Path) -> dict[str, Any] | None:
 
     try:
         saved = load_checkpoint(weights)
-    except RuntimeError:  # refused by weights_only (e.g. a pickled argparse Namespace) or not a torch file
+    except CheckpointError:  # refused by weights_only (e.g. a pickled argparse Namespace) or not a torch file
         return None
     return saved if saved.get("format") == CHECKPOINT_FORMAT and isinstance(saved.get("model"), dict) else None
 

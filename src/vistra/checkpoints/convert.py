@@ -7,8 +7,9 @@
 
 Formats (detect_format): "vit" (timm / vistra names), "hf_vit", "pvt" and "pvt_v2" (official whai362 / vistra
 names), "timm_pvt_v2", "hf_pvt", "hf_pvt_v2", "detr_official", "detr_hf" (convert_detr.py),
-"deformable_detr_official", "deformable_detr_hf" (convert_deformable_detr.py), "unknown" (loaded by name as it
-is: vistra's own files of any other model).
+"deformable_detr_official", "deformable_detr_hf" (convert_deformable_detr.py), "transcenter_official"
+(convert_transcenter.py: official TransCenter V2 / Lite, converted in part, see PARTIAL_FORMATS), "unknown" (loaded
+by name as it is: vistra's own files of any other model).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ from vistra.checkpoints.convert_pvt import (
     is_official_pvt_v2,
     is_timm_pvt_v2,
 )
+from vistra.checkpoints.convert_transcenter import convert_transcenter_official, detect_transcenter_format
 from vistra.checkpoints.convert_vit import HF_VIT_RULES, VIT_HEAD_PREFIXES, is_hf_vit, is_timm_vit
 from vistra.checkpoints.errors import CheckpointError
 from vistra.checkpoints.io import read_checkpoint, unwrap_state_dict
@@ -53,7 +55,11 @@ FORMATS = {
     "detr_hf": ("detr", None),
     "deformable_detr_official": ("deformable_detr", None),
     "deformable_detr_hf": ("deformable_detr", None),
+    "transcenter_official": ("transcenter", None),
 }
+# Formats whose architecture vistra shares only in part: what converts loads, the model keeps the rest as
+# initialised (load with strict=False; the report lists both sides).
+PARTIAL_FORMATS = {"transcenter_official"}
 _DETECTORS = [
     ("hf_vit", is_hf_vit), ("hf_pvt_v2", is_hf_pvt_v2), ("hf_pvt", is_hf_pvt), ("timm_pvt_v2", is_timm_pvt_v2),
     ("pvt_v2", is_official_pvt_v2), ("pvt", is_official_pvt), ("vit", is_timm_vit),
@@ -95,9 +101,10 @@ class LoadReport:
 
 def detect_format(state_dict: dict[str, torch.Tensor]) -> str:
     """The checkpoint format from its key names (see the module docstring); "unknown" when nothing matches."""
-    detr = detect_detr_format(state_dict) or detect_deformable_detr_format(state_dict)
-    if detr is not None:
-        return detr
+    whole_model = (detect_transcenter_format(state_dict) or detect_detr_format(state_dict)
+                   or detect_deformable_detr_format(state_dict))
+    if whole_model is not None:
+        return whole_model
     keys = list(state_dict)
     return next((name for name, test in _DETECTORS if test(keys)), "unknown")
 
@@ -154,6 +161,8 @@ def convert_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module | N
             out = convert_deformable_detr_state_dict(state_dict, fmt, dropped)
         except ValueError as e:
             raise CheckpointError(str(e)) from None
+    elif fmt == "transcenter_official":
+        out = convert_transcenter_official(state_dict, dropped)
     elif FORMATS.get(fmt, (None, None))[1] is not None:
         out = apply_key_map(state_dict, FORMATS[fmt][1], dropped, fmt)
     else:
@@ -170,19 +179,20 @@ def load_state_dict(path: str | Path, model: nn.Module | None = None,
 
 
 def load_pretrained(model: nn.Module, path_or_state, strict: bool = True,
-                    skip_mismatched_head: bool = False) -> LoadReport:
+                    skip_mismatched_head: bool = False, source: str | None = None) -> LoadReport:
     """Load a checkpoint (path, Hugging Face folder or state dict, any supported format) into model.
 
     Every tensor must fit: with strict=True any missing / unexpected key or shape mismatch raises CheckpointError
     listing them (first ten of each, with counts); strict=False loads what fits and reports the rest.
     skip_mismatched_head=True (fine-tuning with another num_classes, or a headless model) leaves the classifier
     of the model as initialised when the file's differs or is absent, and lists it in report.skipped_head.
+    source: how errors name a state dict given directly (default "<state dict>").
     """
     if isinstance(path_or_state, (str, Path)):
         source = str(path_or_state)
         state, meta = read_checkpoint(path_or_state)
     else:
-        source, meta = "<state dict>", {}
+        source, meta = source or "<state dict>", {}
         state = unwrap_state_dict(path_or_state, source)
     fmt = detect_format(state)
     report = LoadReport(format=fmt)
@@ -283,6 +293,10 @@ def _hints(report: LoadReport, arch: str | None, meta: dict[str, str]) -> list[s
         hints.append(f"only the classifier differs: build the model with {fix}, or fine-tune a new head with "
                      f"create_model(name, num_classes=K, pretrained=...) or "
                      f"load_pretrained(..., skip_mismatched_head=True)")
+    if report.format in PARTIAL_FORMATS and not report.unexpected:
+        hints.append("vistra shares only part of this architecture (README, Tracking): load what converts with "
+                     "load_pretrained(model, path, strict=False) or `vistra convert`; the rest keeps its "
+                     "initialisation")
     if any(k.startswith("fc_norm.") for k in report.unexpected):
         hints.append("fc_norm: the file was trained with global average pooling (timm global_pool='avg'); "
                      "vistra's ViT classifies from the class token")

@@ -33,11 +33,8 @@ import re
 
 import torch
 
-from vistra.checkpoints.convert_detr import hf_resnet_key_to_torchvision
+from vistra.checkpoints.convert_detr import convert_hf_names, hf_backbone_key
 
-_HF_BACKBONE_PREFIXES = ("model.backbone.conv_encoder.model.", "model.backbone.model.")
-_HF_POSITION_PREFIXES = ("model.backbone.position_embedding.", "model.backbone.conv_encoder.position_embedding.",
-                         "model.position_embedding.")
 _HF_TOP = [
     ("model.query_position_embeddings.", "query_embed."),
     ("model.input_proj.", "input_proj."),
@@ -99,13 +96,9 @@ def _hf_layer_key(stack: str, rest: str) -> str:
 
 
 def _hf_key(k: str) -> str:
-    for prefix in _HF_BACKBONE_PREFIXES:
-        if k.startswith(prefix):
-            return "backbone.body." + hf_resnet_key_to_torchvision(k.removeprefix(prefix))
-    for prefix in _HF_POSITION_PREFIXES:
-        if k.startswith(prefix):
-            rest = k.removeprefix(prefix).replace("row_embeddings", "row_embed").replace("column_embeddings", "col_embed")
-            return "backbone.position_embedding." + rest
+    backbone = hf_backbone_key(k)
+    if backbone is not None:
+        return backbone
     for old, new in _HF_TOP:
         if k.startswith(old):
             return new + k.removeprefix(old)
@@ -122,24 +115,8 @@ def convert_deformable_detr_hf(state_dict: dict[str, torch.Tensor],
     The decoder self-attention's q / k / v projections are concatenated into in_proj_weight / in_proj_bias.
     Raises ValueError when a layer lacks one of them.
     """
-    sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    if not any(k.startswith("model.") for k in sd):  # a bare DeformableDetrModel
-        sd = {f"model.{k}": v for k, v in sd.items()}
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for k, v in sd.items():
-        new = _hf_key(k)
-        m = re.match(r"^(transformer\.decoder\.layers\.\d+\.self_attn)\.([qkv])_proj\.(weight|bias)$", new)
-        if m:
-            qkv.setdefault((m[1], m[3]), {})[m[2]] = v
-        else:
-            out[new] = v
-    for (prefix, kind), parts in qkv.items():
-        missing = [p for p in "qkv" if p not in parts]
-        if missing:
-            raise ValueError(f"Hugging Face Deformable DETR checkpoint: {prefix} lacks "
-                             + ", ".join(f"{p}_proj.{kind}" for p in missing))
-        out[f"{prefix}.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    out = convert_hf_names(state_dict, _hf_key, r"^(transformer\.decoder\.layers\.\d+\.self_attn)\.([qkv])_proj\."
+                                                r"(weight|bias)$", "Deformable DETR")
     return dedupe_heads(out, dropped)
 
 

@@ -31,6 +31,7 @@ their input.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import torch
 
@@ -139,14 +140,24 @@ def convert_detr_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     The separate q / k / v projections are concatenated into in_proj_weight / in_proj_bias (order q, k, v, as
     nn.MultiheadAttention). Raises ValueError when a layer lacks one of q, k, v.
     """
+    return convert_hf_names(state_dict, _convert_hf_key, r"^(.*\.(?:self_attn|multihead_attn))\.([qkv])_proj\."
+                                                         r"(weight|bias)$", "DETR")
+
+
+def convert_hf_names(state_dict: dict[str, torch.Tensor], key_fn: Callable[[str], str], qkv_pattern: str,
+                     family: str) -> dict[str, torch.Tensor]:
+    """A Hugging Face DETR-family state dict (with or without the detection wrapper's "model." prefix) ->
+    vistra names by key_fn; the q / k / v projections whose new names match qkv_pattern (groups: attention
+    module, q|k|v, weight|bias) are concatenated into in_proj_weight / in_proj_bias. BatchNorm step counters
+    are dropped; a layer lacking one of q, k, v raises ValueError."""
     sd = {k: v for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
-    if not any(k.startswith("model.") for k in sd):  # a bare DetrModel: add the prefix the rules expect
+    if not any(k.startswith("model.") for k in sd):  # a bare DetrModel / DeformableDetrModel
         sd = {f"model.{k}": v for k, v in sd.items()}
     out: dict[str, torch.Tensor] = {}
     qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
     for k, v in sd.items():
-        new = _convert_hf_key(k)
-        m = re.match(r"^(.*\.(?:self_attn|multihead_attn))\.([qkv])_proj\.(weight|bias)$", new)
+        new = key_fn(k)
+        m = re.match(qkv_pattern, new)
         if m:
             qkv.setdefault((m[1], m[3]), {})[m[2]] = v
         else:
@@ -155,20 +166,27 @@ def convert_detr_hf(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
         missing = [p for p in "qkv" if p not in parts]
         if missing:
             lacking = ", ".join(f"{p}_proj.{kind}" for p in missing)
-            raise ValueError(f"Hugging Face DETR checkpoint: {prefix} lacks {lacking}")
+            raise ValueError(f"Hugging Face {family} checkpoint: {prefix} lacks {lacking}")
         out[f"{prefix}.in_proj_{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 
 
-def _convert_hf_key(k: str) -> str:
+def hf_backbone_key(k: str) -> str | None:
+    """A Hugging Face DETR-family backbone or position-embedding key -> vistra's; None for any other key."""
     for prefix in _HF_BACKBONE_PREFIXES:
         if k.startswith(prefix):
             return "backbone.body." + hf_resnet_key_to_torchvision(k.removeprefix(prefix))
     for prefix in _HF_POSITION_PREFIXES:
         if k.startswith(prefix):
             rest = k.removeprefix(prefix).replace("row_embeddings", "row_embed")
-            rest = rest.replace("column_embeddings", "col_embed")
-            return "backbone.position_embedding." + rest
+            return "backbone.position_embedding." + rest.replace("column_embeddings", "col_embed")
+    return None
+
+
+def _convert_hf_key(k: str) -> str:
+    backbone = hf_backbone_key(k)
+    if backbone is not None:
+        return backbone
     for old, new in _HF_TOP_RULES:
         if k.startswith(old):
             return new + k.removeprefix(old)

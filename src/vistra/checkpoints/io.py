@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import pickle
 import re
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from vistra.atomic_io import atomic_path
 from vistra.checkpoints.errors import CheckpointError
 
 # Sub-dicts that hold the weights in training checkpoints, in order of preference.
@@ -91,7 +90,7 @@ def save_checkpoint(
     model_name: str | None = None,
     metadata: dict[str, str] | None = None,
 ) -> Path:
-    """Write a model's (or a dict's) tensors as vistra safetensors, atomically (temp file + os.replace).
+    """Write a model's (or a dict's) tensors as vistra safetensors, atomically (vistra.atomic_io).
 
     Tensors sharing memory (tied weights) are cloned, since safetensors stores each tensor on its own.
     Metadata: {"format": "vistra", "model": model_name, "arch": model.arch} plus the given string pairs.
@@ -105,15 +104,8 @@ def save_checkpoint(
     tensors = _own_storage(state)
     meta = {"format": "vistra", **({"arch": arch} if arch else {}), **({"model": model_name} if model_name else {})}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp), metadata=meta)
     return path
 
 

@@ -1,7 +1,6 @@
 """Classify image files with a trained classifier: top-5 JSON, and an attention-rollout overlay for ViTs."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +10,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from vistra.atomic_io import write_json_atomic
 from vistra.classification.model_file import ClassifierInfo, load_classifier
 from vistra.classification.rollout import attention_rollout, center_crop_view, overlay_heatmap
 
@@ -80,7 +80,7 @@ def predict(
             overlay = str(render_overlay(image, heat, info, top, out / f"{name}_attention.png"))
         results.append({"image": str(path), "top5": top, "attention_overlay": overlay})
     report = {"checkpoint": str(checkpoint), "model": info.model_name, "predictions": results}
-    (out / PREDICTIONS).write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(out / PREDICTIONS, report)
     return report
 
 

@@ -1,7 +1,6 @@
 """Train and evaluate an image classifier (DeiT recipe) on ImageFolder data with the shared engine."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vistra.atomic_io import write_json_atomic
 from vistra.classification.config import RUN_CONFIG, ClassifyConfig
 from vistra.classification.evaluate import evaluate, label_map, readable_only
 from vistra.classification.model_file import ClassifierInfo, load_classifier, save_classifier
@@ -164,7 +164,7 @@ def train_classify(cfg: ClassifyConfig, resume: bool = False) -> dict[str, Any]:
         "skipped_files": data.bad_files(),
         "time_s": time.perf_counter() - start,
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / SUMMARY, summary)
     return summary
 
 
@@ -192,8 +192,7 @@ def eval_classify(
     out_dir = Path(out) if out else Path(checkpoint if Path(checkpoint).is_dir() else Path(checkpoint).parent)
     result = {"checkpoint": str(checkpoint), "data": str(data_root), "model": info.model_name, **metrics,
               "skipped_files": dataset.bad_files}
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "eval_metrics.json"
     result["json"] = str(path)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(path, result)
     return result

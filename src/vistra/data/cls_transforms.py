@@ -2,14 +2,43 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+MAX_ASPECT = 16  # evaluation resizes never make the longer side more than this many times the resize size
+
+
+class ResizeShorterSide(v2.Transform):
+    """torchvision's ``Resize(size)`` (shorter side to `size`, aspect ratio kept), except that the longer side is
+    capped at ``MAX_ASPECT * size`` (the shorter side then shrinks with it, to one pixel at least): an image 1
+    pixel wide and 50000 tall stays a few MiB instead of growing to gigabytes. Images up to MAX_ASPECT:1 are
+    resized exactly as by torchvision."""
+
+    def __init__(self, size: int, interpolation: str = "bilinear"):
+        super().__init__()
+        self.size = int(size)
+        self.interpolation = v2.InterpolationMode(interpolation)
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        image = next(x for x in flat_inputs if isinstance(x, (torch.Tensor, Image.Image)))
+        height, width = TF.get_size(image)
+        short, long = min(height, width), max(height, width)
+        new_short, new_long = self.size, int(self.size * long / short)  # torchvision's arithmetic
+        cap = MAX_ASPECT * self.size
+        if new_long > cap:
+            new_short, new_long = max(1, int(cap * new_short / new_long)), cap
+        return {"size": [new_short, new_long] if height <= width else [new_long, new_short]}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        return self._call_kernel(TF.resize, inpt, size=params["size"], interpolation=self.interpolation,
+                                 antialias=True)
 
 
 def build_train_transform(
@@ -57,14 +86,15 @@ def build_eval_transform(
 ) -> v2.Compose:
     """Evaluation transform: PIL image or (3,H,W) uint8 tensor -> (3, img_size, img_size) float32.
 
-    Resize the shorter side to ``floor(img_size / crop_pct)``, center-crop ``img_size``, scale to
-    [0, 1], Normalize(mean, std). ``crop_pct=1`` resizes straight to the crop size.
+    Resize the shorter side to ``floor(img_size / crop_pct)`` (see ResizeShorterSide for images longer than
+    MAX_ASPECT:1), center-crop ``img_size`` (padding with zeros where the image is smaller), scale to [0, 1],
+    Normalize(mean, std). ``crop_pct=1`` resizes straight to the crop size.
     """
     if not 0 < crop_pct <= 1:
         raise ValueError(f"crop_pct must be in (0, 1], got {crop_pct}")
     return v2.Compose([
         v2.ToImage(),
-        v2.Resize(math.floor(img_size / crop_pct), interpolation=interpolation, antialias=True),
+        ResizeShorterSide(math.floor(img_size / crop_pct), interpolation=interpolation),
         v2.CenterCrop(img_size),
         v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(mean=list(mean), std=list(std)),

@@ -10,8 +10,21 @@ Bad input is repaired where the intent is clear and refused otherwise, and every
 - images without annotations are kept (their targets are empty);
 - annotations whose category id is not in ``categories``, or whose image id is not in ``images``, and
   malformed bboxes raise DataError naming the file and the ids, or are dropped and counted with skip_bad;
-- image files that do not exist raise DataError naming the path, or the image is left out with skip_bad;
+- image files that do not exist raise DataError naming the path, or the image is left out with skip_bad (its
+  boxes are dropped and counted, "missing_file_boxes");
 - an unreadable json raises DataError with the json error position.
+
+Every annotation in the file is counted exactly once: kept (``report["boxes"]``, crowd and clipped boxes included)
+or dropped as degenerate, outside, unknown_category, unknown_image, malformed or missing_file_boxes. Transforms may
+drop more boxes later (cropped away), and count them themselves (see det_transforms).
+
+A ``file_name`` that is absolute or climbs out of ``img_folder`` with ``..`` is refused with DataError (even with
+skip_bad), unless ``allow_outside_root=True``.
+
+EXIF orientation: COCO's ``width`` / ``height`` are those of the image as displayed, so images are read upright
+(EXIF orientation applied) and boxes are taken in that upright frame. The one exception is a file whose stored
+(un-rotated) size matches the json and whose upright size does not: the annotations were evidently made on the
+stored pixels, so the image is used as stored. Entries without width / height get the upright size.
 """
 from __future__ import annotations
 
@@ -30,6 +43,7 @@ from PIL import Image
 
 from vistra.data.errors import DataError
 from vistra.data.image_io import read_image, to_rgb
+from vistra.data.paths import inside_root
 
 # Report keys, in the order the summary line lists them, with what it says about them (singular, plural).
 _PROBLEMS = (
@@ -40,6 +54,7 @@ _PROBLEMS = (
     ("unknown_image", "box of an unknown image dropped", "boxes of unknown images dropped"),
     ("malformed", "malformed annotation dropped", "malformed annotations dropped"),
     ("missing_files", "missing image file skipped", "missing image files skipped"),
+    ("missing_file_boxes", "box of a missing image file dropped", "boxes of missing image files dropped"),
     ("no_annotations", "image without annotations", "images without annotations"),
 )
 _REPORT_KEYS = ("images", "boxes", "crowd", *(key for key, _, _ in _PROBLEMS), "unreadable")
@@ -57,6 +72,7 @@ class CocoDetection:
         include_crowd: also put ``iscrowd=1`` boxes into the targets. Off by default: like the official DETR,
             crowd regions are no training targets; evaluation still sees them through ``dataset.coco``.
         quiet: do not print the summary line.
+        allow_outside_root: accept file names that leave img_folder (absolute, or climbing out with ``..``).
 
     ``dataset[i]`` -> (image, target): the RGB PIL image (or what transforms make of it) and a dict with
     "boxes" (n, 4) float32 absolute xyxy, "labels" (n,) int64 category ids, "image_id" int, "iscrowd" (n,)
@@ -67,19 +83,21 @@ class CocoDetection:
         ids: the image ids, in file order (images whose files are missing left out with skip_bad).
         categories: {id: name}.
         report: counts, every key present: images, boxes (kept, crowd included), crowd, clipped, degenerate,
-            outside, unknown_category, unknown_image, malformed, missing_files, no_annotations, and unreadable
-            (images found unreadable by __getitem__ with skip_bad so far, in this process).
+            outside, unknown_category, unknown_image, malformed, missing_files, missing_file_boxes (boxes of the
+            images left out for missing files), no_annotations, and unreadable (images found unreadable by
+            __getitem__ with skip_bad so far, in this process).
         summary: the line printed at load.
     """
 
     def __init__(self, img_folder: str | os.PathLike, ann_file: str | os.PathLike,
                  transforms: Callable[[Any, dict], tuple[Any, dict]] | None = None, skip_bad: bool = False,
-                 include_crowd: bool = False, quiet: bool = False):
+                 include_crowd: bool = False, quiet: bool = False, allow_outside_root: bool = False):
         self.img_folder = Path(img_folder)
         self.ann_file = Path(ann_file)
         self.transforms = transforms
         self.skip_bad = skip_bad
         self.include_crowd = include_crowd
+        self.allow_outside_root = allow_outside_root
         self.report: dict[str, int] = Counter()
         self._bad: dict[int, str] = {}  # image id -> why it could not be read
         self._missing: set[int] = set()  # ids of images whose files do not exist (skip_bad)
@@ -175,11 +193,12 @@ class CocoDetection:
             self._fail("has no 'images' list")
         images: dict[int, dict] = {}
         for entry in entries:
-            if not isinstance(entry, dict) or not _is_int(entry.get("id")) or "file_name" not in entry:
-                self._fail(f"image entry {str(entry)[:80]} needs an integer 'id' and a 'file_name'")
+            if not (isinstance(entry, dict) and _is_int(entry.get("id")) and isinstance(entry.get("file_name"), str)):
+                self._fail(f"image entry {str(entry)[:80]} needs an integer 'id' and a 'file_name' string")
             if entry["id"] in images:
                 self._fail(f"image id {entry['id']} appears twice")
-            path = self.img_folder / entry["file_name"]
+            path = inside_root(self.img_folder, entry["file_name"], self.ann_file,
+                               f"image id {entry['id']}: file_name", self.allow_outside_root)
             if not path.is_file():
                 if not self.skip_bad:
                     raise DataError(path, f"image file does not exist (listed in {self.ann_file} as image id "
@@ -202,15 +221,16 @@ class CocoDetection:
                                        default=0)
         for ann in anns:
             if not isinstance(ann, dict) or not _is_bbox(ann.get("bbox")):
-                malformed.append(ann.get("id") if isinstance(ann, dict) else ann)
+                malformed.append(_hashable(ann.get("id") if isinstance(ann, dict) else ann))
                 continue
-            if ann.get("category_id") not in self.categories:
-                unknown_cats[ann.get("category_id")] += 1
+            if not _is_int(ann.get("category_id")) or ann["category_id"] not in self.categories:
+                unknown_cats[_hashable(ann.get("category_id"))] += 1
                 continue
-            if ann.get("image_id") not in images:
-                unknown_imgs[ann.get("image_id")] += 1
+            if not _is_int(ann.get("image_id")) or ann["image_id"] not in images:
+                unknown_imgs[_hashable(ann.get("image_id"))] += 1
                 continue
             if ann["image_id"] in self._missing:
+                self.report["missing_file_boxes"] += 1
                 continue
             image = images[ann["image_id"]]
             box = _clip(ann["bbox"], image["width"], image["height"])
@@ -290,6 +310,8 @@ def _read_json(path: Path) -> dict:
     except json.JSONDecodeError as err:
         raise DataError(path, f"not valid JSON: {err.msg} at line {err.lineno} column {err.colno} "
                               f"(char {err.pos})") from None
+    except RecursionError:
+        raise DataError(path, "not usable JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise DataError(path, f"expected a JSON object with images/annotations/categories, got {type(data).__name__}")
     return data
@@ -307,6 +329,15 @@ def _make_coco(data: dict):
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _hashable(value: Any) -> Any:
+    """`value` itself when it can be a dict key, else its repr (ids in a broken json may be lists or dicts)."""
+    try:
+        hash(value)
+    except TypeError:
+        return repr(value)
+    return value
 
 
 def _is_bbox(value: Any) -> bool:

@@ -54,8 +54,6 @@ def make_digits_mot(out_dir: str | os.PathLike, n_train: int = 6, n_val: int = 2
     Returns {"out_dir", "seed", "sequences": {split: [names]}, "frames": {split: n}, "boxes": {split: n},
     "tracks": {split: n}}.
     """
-    from sklearn.datasets import load_digits  # lazy: scikit-learn is only needed here
-
     width, height = size
     if n_train < 1 or n_val < 0 or length < 2 or max_objects < 2:
         raise ValueError(f"need n_train >= 1, n_val >= 0, length >= 2, max_objects >= 2; got {n_train}, {n_val}, "
@@ -66,12 +64,8 @@ def make_digits_mot(out_dir: str | os.PathLike, n_train: int = 6, n_val: int = 2
     from vistra.tracking.mot_io import MotTable, SeqInfo, write_class_names, write_mot_txt, write_seqinfo
 
     out = Path(out_dir)
-    _check_out_dir(out)
-    digits = load_digits()
-    glyphs = digits.images.astype(np.float32) / 16.0  # (N, 8, 8) ink in [0, 1]
-    labels = digits.target.astype(int)  # (N,)
-    order = np.random.default_rng(12345).permutation(len(labels))  # fixed scan split, whatever the seed
-    pools = {"val": order[: len(order) // 5], "train": order[len(order) // 5:]}
+    check_out_dir(out, MARKER, "make_digits_mot")
+    glyphs, labels, pools = digit_scans()
 
     staging = out / STAGING
     shutil.rmtree(staging, ignore_errors=True)
@@ -86,8 +80,8 @@ def make_digits_mot(out_dir: str | os.PathLike, n_train: int = 6, n_val: int = 2
             seq_dir = staging / split / name
             (seq_dir / "img1").mkdir(parents=True)
             rng = np.random.default_rng([seed, code, index])
-            rows = _render_sequence(rng, seq_dir / "img1", glyphs, labels, pools[split], length, width, height,
-                                    digit_size, max_objects)
+            rows = render_sequence(rng, seq_dir / "img1", glyphs, labels, pools[split], length, width, height,
+                                   digit_size, max_objects)
             write_mot_txt(seq_dir / "gt" / "gt.txt", MotTable.from_rows(rows), gt=True)
             write_seqinfo(seq_dir, SeqInfo(name, length, frame_rate, width, height, "img1", ".jpg"))
             names.append(name)
@@ -103,13 +97,35 @@ def make_digits_mot(out_dir: str | os.PathLike, n_train: int = 6, n_val: int = 2
     return summary
 
 
-def _render_sequence(rng: np.random.Generator, img_dir: Path, glyphs: np.ndarray, labels: np.ndarray,
-                     pool: np.ndarray, length: int, width: int, height: int, digit_size: tuple[int, int],
-                     max_objects: int) -> list[tuple]:
-    """Draw the frames of one sequence into img_dir; returns its gt rows."""
+def digit_scans() -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """scikit-learn's digit scans: glyphs (N, 8, 8) ink in [0, 1], labels (N,), and {split: scan indices} with a
+    fixed 20 % of the scans for val, whatever the seed."""
+    from sklearn.datasets import load_digits  # lazy: scikit-learn is only needed here
+
+    digits = load_digits()
+    glyphs = digits.images.astype(np.float32) / 16.0  # (N, 8, 8)
+    labels = digits.target.astype(int)
+    order = np.random.default_rng(12345).permutation(len(labels))
+    return glyphs, labels, {"val": order[: len(order) // 5], "train": order[len(order) // 5:]}
+
+
+def render_sequence(rng: np.random.Generator, img_dir: Path, glyphs: np.ndarray, labels: np.ndarray,
+                    pool: np.ndarray, length: int, width: int, height: int, digit_size: tuple[int, int],
+                    max_objects: int, file_name: str = "{:06d}.jpg", first_frame: int = 1,
+                    parked: tuple[tuple[int, int, int, int], int] | None = None,
+                    aspect: dict[int, float] | None = None, truncation: list[float] | None = None) -> list[tuple]:
+    """Draw the frames of one sequence into img_dir (file_name.format(frame number), numbered from first_frame);
+    returns its gt rows (frame, id, left, top, width, height, 1, class, visibility), frames 1-based.
+
+    parked: ((left, top, width, height) region, count): that many digits stand still inside the region, drawn
+    under the moving ones and never labelled (a region for the annotations to ignore). aspect: {digit: width /
+    height} of the drawn glyphs (default square). truncation: when given, receives each row's share of the
+    digit's ink outside the frame."""
     background = _gradient(rng, height, width)  # (H, W, 3) float
-    digits = [_spawn(rng, k + 1, glyphs, labels, pool, length, width, height, digit_size, background)
+    digits = [_spawn(rng, k + 1, glyphs, labels, pool, length, width, height, digit_size, background, aspect)
               for k in range(int(rng.integers(2, max_objects + 1)))]
+    still = [] if parked is None else [_park(rng, glyphs, labels, pool, parked[0], digit_size, background)
+                                       for _ in range(parked[1])]
     bar = None
     if rng.random() < 0.5:  # a static occluder every digit passes behind
         bar_w = int(rng.integers(max(6, digit_size[0] // 2), digit_size[1] + 1))
@@ -119,29 +135,39 @@ def _render_sequence(rng: np.random.Generator, img_dir: Path, glyphs: np.ndarray
     for t in range(length):
         picture = background + rng.normal(0.0, 6.0, size=background.shape)
         owner = np.full((height, width), -1)  # (H, W) which digit's ink is on top
+        for d in still:
+            _paste(picture, owner, d, -3)
         live = [d for d in digits if d.start <= t and not d.gone]
         for k, d in enumerate(live):
             _paste(picture, owner, d, k)
         if bar is not None:
             picture[:, bar[0]:bar[1]] = bar[2]
             owner[:, bar[0]:bar[1]] = -2
-        Image.fromarray(picture.clip(0, 255).round().astype(np.uint8)).save(img_dir / f"{t + 1:06d}.jpg", quality=92)
+        Image.fromarray(picture.clip(0, 255).round().astype(np.uint8)).save(
+            img_dir / file_name.format(t + first_frame), quality=92)
         for k, d in enumerate(live):
             box = _visible_box(d, width, height)
             if box is not None:
                 visibility = float((owner == k).sum()) / float((d.ink >= INK).sum())
                 rows.append((t + 1, d.track_id, *box, 1, d.label, round(visibility, 3)))
+                if truncation is not None:
+                    truncation.append(round(_outside_share(d, width, height), 3))
         for d in live:
             _move(rng, d, width, height)
     return rows
 
 
 def _spawn(rng: np.random.Generator, track_id: int, glyphs: np.ndarray, labels: np.ndarray, pool: np.ndarray,
-           length: int, width: int, height: int, digit_size: tuple[int, int], background: np.ndarray) -> _Digit:
-    """A digit present from the first frame (anywhere inside) or entering later from just outside a border."""
+           length: int, width: int, height: int, digit_size: tuple[int, int], background: np.ndarray,
+           aspect: dict[int, float] | None = None) -> _Digit:
+    """A digit present from the first frame (anywhere inside) or entering later from just outside a border;
+    `aspect` ({digit: width / height}) stretches its glyph, keeping the longer side within digit_size."""
     scan = int(rng.choice(pool))
     side = int(rng.integers(digit_size[0], digit_size[1] + 1))
-    ink = np.asarray(Image.fromarray(glyphs[scan]).resize((side, side), Image.Resampling.BICUBIC)).clip(0, 1)
+    ratio = (aspect or {}).get(int(labels[scan]), 1.0)
+    shape = (side, max(4, round(side / ratio))) if ratio >= 1 else (max(4, round(side * ratio)), side)  # (w, h)
+    ink = np.asarray(Image.fromarray(glyphs[scan]).resize(shape, Image.Resampling.BICUBIC)).clip(0, 1)
+    side = max(shape)
     speed, angle = rng.uniform(1.0, 4.0), rng.uniform(0, 2 * np.pi)
     vel = speed * np.array([np.cos(angle), np.sin(angle)])
     start = 0 if rng.random() < 0.6 else int(rng.integers(1, max(2, length // 2)))
@@ -158,6 +184,18 @@ def _spawn(rng: np.random.Generator, track_id: int, glyphs: np.ndarray, labels: 
     return _Digit(track_id, int(labels[scan]), ink, colour, pos, vel, start, bounces=bool(rng.random() < 0.5))
 
 
+def _park(rng: np.random.Generator, glyphs: np.ndarray, labels: np.ndarray, pool: np.ndarray,
+          region: tuple[int, int, int, int], digit_size: tuple[int, int], background: np.ndarray) -> _Digit:
+    """A digit standing still at a random place inside region (left, top, width, height)."""
+    left, top, w, h = region
+    side = int(rng.integers(digit_size[0], min(digit_size[1], w, h) + 1))
+    scan = int(rng.choice(pool))
+    ink = np.asarray(Image.fromarray(glyphs[scan]).resize((side, side), Image.Resampling.BICUBIC)).clip(0, 1)
+    pos = np.array([rng.uniform(left, left + w - side), rng.uniform(top, top + h - side)])
+    return _Digit(-1, int(labels[scan]), ink, _contrasting(rng, background.mean(axis=(0, 1))), pos, np.zeros(2),
+                  0, bounces=False)
+
+
 def _paste(picture: np.ndarray, owner: np.ndarray, d: _Digit, k: int) -> None:
     """Alpha-blend digit d's glyph into picture where it overlaps the frame; mark its ink pixels as owned by k."""
     height, width = owner.shape
@@ -170,6 +208,14 @@ def _paste(picture: np.ndarray, owner: np.ndarray, d: _Digit, k: int) -> None:
     region = picture[y0:y1, x0:x1]
     picture[y0:y1, x0:x1] = region * (1 - ink[..., None]) + d.colour * ink[..., None]
     owner[y0:y1, x0:x1][ink >= INK] = k
+
+
+def _outside_share(d: _Digit, width: int, height: int) -> float:
+    """The share of the digit's ink that lies outside the frame (KITTI's truncation)."""
+    rows, cols = np.nonzero(d.ink >= INK)
+    xs, ys = cols + round(d.pos[0]), rows + round(d.pos[1])
+    inside = (xs >= 0) & (xs < width) & (ys >= 0) & (ys < height)
+    return 1.0 - float(inside.mean())
 
 
 def _visible_box(d: _Digit, width: int, height: int) -> tuple[float, float, float, float] | None:
@@ -219,16 +265,17 @@ def _contrasting(rng: np.random.Generator, behind: np.ndarray) -> np.ndarray:
     return np.zeros(3) if behind.mean() > 127 else np.full(3, 255.0)
 
 
-def _check_out_dir(out: Path) -> None:
-    """Refuse to write into a file, or into a non-empty folder that is not a previous output."""
+def check_out_dir(out: Path, marker: str, maker: str) -> None:
+    """Refuse to write into a file, or into a non-empty folder that is not a previous output (a README.txt
+    starting with `marker`); `maker` names the writer in the error."""
     if out.exists() and not out.is_dir():
         raise DataError(out, "exists and is not a folder")
     if not out.exists() or all(p.name == STAGING for p in out.iterdir()):
         out.mkdir(parents=True, exist_ok=True)
         return
     readme = out / "README.txt"
-    if not (readme.is_file() and readme.read_text(errors="replace").startswith(MARKER)):
-        raise DataError(out, "folder is not empty and was not made by make_digits_mot; choose a new or empty folder")
+    if not (readme.is_file() and readme.read_text(errors="replace").startswith(marker)):
+        raise DataError(out, f"folder is not empty and was not made by {maker}; choose a new or empty folder")
 
 
 def _readme(summary: dict[str, Any], length: int, size: tuple[int, int], digit_size: tuple[int, int],

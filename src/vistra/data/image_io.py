@@ -1,7 +1,14 @@
-"""Read any image file as an 8-bit RGB PIL image, or fail with a one-line DataError."""
+"""Read any image file as an 8-bit RGB PIL image, or fail with a one-line DataError.
+
+Pixel limit: an image whose header announces more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (Pillow's default,
+89,478,485: about 9459 x 9459, or 256 MiB as RGB) is refused with DataError before anything is decoded, whatever
+its file size, so a small file claiming 50000x50000 costs neither memory nor time. Raise that limit (or set it to
+None) to read larger images; vistra refuses at the limit itself, where Pillow would only warn below twice it.
+"""
 from __future__ import annotations
 
 import os
+import re
 import warnings
 
 import numpy as np
@@ -21,10 +28,11 @@ def read_image(path: str | os.PathLike) -> Image.Image:
       fully transparent pixels become (0, 0, 0), half transparent ones are darkened.
     - 16-bit images (modes ``I;16*`` and ``I``) are scaled 0..65535 -> 0..255 (rounded), not
       clipped; ``I`` values outside 0..65535 are clipped first. 16-bit RGB PNGs are reduced by
-      Pillow itself when decoding.
+      Pillow itself when decoding. 32-bit float images (mode ``F``) are taken as 0..255 and
+      clipped (Pillow's conversion).
     - The EXIF orientation tag is applied, so the result is the way a photo viewer shows it.
     - Images with more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels are refused before decoding
-      (raise that limit, or set it to None, to allow them).
+      (see the module doc).
 
     Raises:
         DataError: ``"<path>: cannot read image (<reason>)"`` for a missing, truncated or corrupt
@@ -35,14 +43,14 @@ def read_image(path: str | os.PathLike) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below instead
             with Image.open(path) as image:
-                _refuse_bomb(path, image)
+                check_pixel_limit(path, image)
                 image.load()  # decode everything now, so truncation shows up here
                 ImageOps.exif_transpose(image, in_place=True)
                 return to_rgb(image)
     except DataError:
         raise
     except Exception as error:  # decoders raise many types on corrupt data; report them all alike
-        raise DataError(path, f"cannot read image ({_reason(error)})") from error
+        raise DataError(path, f"cannot read image ({read_error_reason(error)})") from error
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -66,27 +74,31 @@ def _over_black(rgba: Image.Image) -> Image.Image:
     return Image.alpha_composite(black, rgba).convert("RGB")
 
 
-def _refuse_bomb(path: str, image: Image.Image) -> None:
-    """Raise DataError if the header announces more pixels than Pillow's limit allows."""
+def check_pixel_limit(path: str | os.PathLike, image: Image.Image, what: str = "image") -> None:
+    """DataError "cannot read <what> (decompression bomb ...)" if the opened (not yet decoded) `image` has more
+    pixels than PIL.Image.MAX_IMAGE_PIXELS."""
     limit = Image.MAX_IMAGE_PIXELS
     width, height = image.size
     if limit is not None and width * height > limit:
         raise DataError(
             path,
-            f"cannot read image (decompression bomb: {width}x{height} = {width * height} pixels, "
+            f"cannot read {what} (decompression bomb: {width}x{height} = {width * height} pixels, "
             f"limit {limit}; raise PIL.Image.MAX_IMAGE_PIXELS to allow it)",
         )
 
 
-def _reason(error: BaseException) -> str:
-    """A short, one-line reason for a decoding failure."""
+def read_error_reason(error: BaseException) -> str:
+    """A short, one-line reason for a failure to open or decode an image file."""
     if isinstance(error, FileNotFoundError):
         return "no such file"
     if isinstance(error, IsADirectoryError):
         return "is a directory"
     if isinstance(error, UnidentifiedImageError):
         return "not an image, or an unknown format"
-    if isinstance(error, Image.DecompressionBombError):
-        return f"decompression bomb: {error}; raise PIL.Image.MAX_IMAGE_PIXELS to allow it"
+    if isinstance(error, Image.DecompressionBombError):  # Pillow refused it while opening: over twice the limit
+        found = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{found[1]} pixels" if found else "too many pixels"
+        limit = Image.MAX_IMAGE_PIXELS
+        return f"decompression bomb: {pixels}, limit {limit}; raise PIL.Image.MAX_IMAGE_PIXELS to allow it"
     text = str(error) or type(error).__name__
     return text if isinstance(error, OSError) else f"{type(error).__name__}: {text}"

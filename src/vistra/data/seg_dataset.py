@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,8 @@ from PIL import Image
 
 from vistra.data.errors import DataError
 from vistra.data.image_folder import IMG_EXTENSIONS
-from vistra.data.image_io import read_image
+from vistra.data.image_io import check_pixel_limit, read_error_reason, read_image
+from vistra.data.paths import inside_root
 
 IGNORE_INDEX = 255
 LAYOUTS = ("ade20k", "voc", "folder")
@@ -24,14 +26,20 @@ def read_mask(path: str | os.PathLike) -> np.ndarray:
 
     Palette ('P') images give their palette indices, grayscale ('L', '1', 16-bit) their values (which must
     fit in 0..255). RGB(A) files whose three channels are equal are taken as grayscale; real colour masks raise
-    DataError, since a colour cannot be turned into a class index without the dataset's palette.
+    DataError, since a colour cannot be turned into a class index without the dataset's palette. Masks over the
+    pixel limit of read_image are refused the same way, before decoding.
     """
     try:
-        with Image.open(path) as image:
-            image.load()
-            mode, values = image.mode, np.asarray(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused by check_pixel_limit
+            with Image.open(path) as image:
+                check_pixel_limit(path, image, "mask")
+                image.load()
+                mode, values = image.mode, np.asarray(image)
+    except DataError:
+        raise
     except Exception as error:  # decoders raise many types on corrupt data
-        raise DataError(path, f"cannot read mask ({type(error).__name__}: {error})") from error
+        raise DataError(path, f"cannot read mask ({read_error_reason(error)})") from error
     if mode in ("RGB", "RGBA"):
         rgb = values[..., :3]
         if not ((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()):
@@ -101,8 +109,9 @@ def detect_layout(root: Path, split: str) -> str:
                           f"{split}/images/ + {split}/masks/ (folder)")
 
 
-def find_pairs(root: Path, split: str, layout: str) -> list[tuple[Path, Path]]:
-    """(image, mask) paths of `split` in `layout`, sorted; DataError for missing folders or files."""
+def find_pairs(root: Path, split: str, layout: str, allow_outside_root: bool = False) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of `split` in `layout`, sorted; DataError for missing folders or files, and for names in
+    a VOC split list that leave root (unless allow_outside_root)."""
     if layout == "ade20k":
         sub = _ADE_SPLITS.get(split, split)
         image_dir = root / "images" / sub
@@ -114,7 +123,8 @@ def find_pairs(root: Path, split: str, layout: str) -> list[tuple[Path, Path]]:
         if not listing.is_file():
             raise DataError(listing, f"no such file (VOC layout, split {split!r})")
         stems = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        return [(root / "JPEGImages" / f"{s}.jpg", root / "SegmentationClass" / f"{s}.png") for s in stems]
+        return [(inside_root(root, f"JPEGImages/{s}.jpg", listing, "image", allow_outside_root),
+                 inside_root(root, f"SegmentationClass/{s}.png", listing, "mask", allow_outside_root)) for s in stems]
     if layout == "folder":
         image_dir = root / split / "images"
         if not image_dir.is_dir():
@@ -142,14 +152,15 @@ class SegmentationDataset:
     Masks are index PNGs ('P' or 'L'); 255 = ignore. With `reduce_zero_label` (ADE20K) label 0 ("other")
     becomes 255 and every other label goes down by one. Each sample is checked when loaded: a mask whose size
     differs from its image, or (when `num_classes` is known: the argument, else root/classes.txt) a label
-    >= num_classes other than 255, raises DataError naming the file.
+    >= num_classes other than 255, raises DataError naming the file. Names in a VOC split list that leave root
+    (absolute, or climbing out with ``..``) raise DataError unless `allow_outside_root`.
 
     `dataset[i]` -> `transform(image, mask)`, or without a transform (PIL RGB image, (H, W) uint8 array).
     """
 
     def __init__(self, root: str | os.PathLike, split: str = "train", layout: str = "auto",
                  reduce_zero_label: bool = False, transform: Callable[[Image.Image, np.ndarray], Any] | None = None,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, allow_outside_root: bool = False):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(self.root, "no such dataset folder")
@@ -159,7 +170,7 @@ class SegmentationDataset:
         self.transform = transform
         self.classes = read_class_names(self.root)
         self.num_classes = num_classes if num_classes is not None else (len(self.classes) if self.classes else None)
-        self.samples = find_pairs(self.root, split, self.layout)
+        self.samples = find_pairs(self.root, split, self.layout, allow_outside_root)
         if not self.samples:
             raise DataError(self.root, f"split {split!r} ({self.layout} layout) has no images")
 

@@ -28,7 +28,8 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
-def _ffn(layer: nn.Module, x: torch.Tensor, drop_mid: nn.Module, drop_out: nn.Module) -> torch.Tensor:
+def ffn_residual(layer: nn.Module, x: torch.Tensor, drop_mid: nn.Module, drop_out: nn.Module) -> torch.Tensor:
+    """x + the layer's feed-forward block (linear1 -> ReLU -> linear2, with its dropouts), before the norm."""
     return x + drop_out(layer.linear2(drop_mid(F.relu(layer.linear1(x)))))
 
 
@@ -51,7 +52,7 @@ class DeformableEncoderLayer(nn.Module):
                 padding_mask: torch.Tensor | None) -> torch.Tensor:
         """src, pos (B, S, D), reference_points (B, S, L, 2), padding_mask (B, S) -> (B, S, D)."""
         src = self.norm1(src + self.dropout1(self.self_attn(src + pos, reference_points, src, shapes, padding_mask)))
-        return self.norm2(_ffn(self, src, self.dropout2, self.dropout3))
+        return self.norm2(ffn_residual(self, src, self.dropout2, self.dropout3))
 
 
 class DeformableDecoderLayer(nn.Module):
@@ -79,7 +80,7 @@ class DeformableDecoderLayer(nn.Module):
         tgt = self.norm2(tgt + self.dropout2(self.self_attn(qk, qk, tgt)))
         cross = self.cross_attn(tgt + query_pos, reference_points, memory, shapes, padding_mask)
         tgt = self.norm1(tgt + self.dropout1(cross))
-        return self.norm3(_ffn(self, tgt, self.dropout3, self.dropout4))
+        return self.norm3(ffn_residual(self, tgt, self.dropout3, self.dropout4))
 
 
 def encoder_reference_points(shapes, valid_ratios: torch.Tensor) -> torch.Tensor:
@@ -89,7 +90,8 @@ def encoder_reference_points(shapes, valid_ratios: torch.Tensor) -> torch.Tensor
     refs = []
     for lvl, (h, w) in enumerate(shapes):
         kw = {"dtype": valid_ratios.dtype, "device": valid_ratios.device}
-        ref_y, ref_x = torch.meshgrid(torch.linspace(0.5, h - 0.5, h, **kw), torch.linspace(0.5, w - 0.5, w, **kw),
+        # arange + 0.5 rather than linspace(0.5, h - 0.5, h): the same values, and a symbolic h stays symbolic
+        ref_y, ref_x = torch.meshgrid(torch.arange(h, **kw) + 0.5, torch.arange(w, **kw) + 0.5,
                                       indexing="ij")  # (h, w) each
         ref_y = ref_y.reshape(-1)[None] / (valid_ratios[:, None, lvl, 1] * h)  # (B, h*w)
         ref_x = ref_x.reshape(-1)[None] / (valid_ratios[:, None, lvl, 0] * w)  # (B, h*w)
@@ -124,7 +126,7 @@ def encoder_proposals(memory: torch.Tensor, padding_mask: torch.Tensor, shapes
         m = padding_mask[:, start:start + h * w].view(B, h, w)
         valid_h, valid_w = (~m[:, :, 0]).sum(1), (~m[:, 0, :]).sum(1)  # (B,)
         kw = {"dtype": memory.dtype, "device": memory.device}
-        gy, gx = torch.meshgrid(torch.linspace(0, h - 1, h, **kw), torch.linspace(0, w - 1, w, **kw), indexing="ij")
+        gy, gx = torch.meshgrid(torch.arange(h, **kw), torch.arange(w, **kw), indexing="ij")  # (h, w) each
         grid = torch.stack([gx, gy], -1)  # (h, w, 2)
         scale = torch.stack([valid_w, valid_h], -1).view(B, 1, 1, 2)
         grid = (grid[None].expand(B, -1, -1, -1) + 0.5) / scale  # (B, h, w, 2)

@@ -7,7 +7,6 @@ class count then comes from the weights' classification head.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vistra.atomic_io import write_json_atomic
 from vistra.checkpoints import CheckpointError, convert_state_dict, load_pretrained
 from vistra.data.det_transforms import build_det_eval_transform
 from vistra.data.errors import DataError
@@ -157,7 +157,7 @@ def predict_detect(images: Iterable[str | os.PathLike] | str | os.PathLike, chec
         results += detections
         records.append({"image": str(path), "rendered": str(rendered), "detections": detections})
     json_path = out / PREDICTIONS
-    json_path.write_text(json.dumps(results, indent=1))
+    write_json_atomic(json_path, results, indent=1)
     return {"predictions": records, "skipped": skipped, "json": str(json_path)}
 
 

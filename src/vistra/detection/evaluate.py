@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
+from vistra.atomic_io import write_json_atomic
 from vistra.data.batching import collate_detection
 
 from .box_ops import box_cxcywh_to_xyxy
@@ -117,10 +117,7 @@ def coco_stats(coco_gt: Any, results: list[dict[str, Any]], image_ids: Iterable[
 
 def write_coco_results(results: list[dict[str, Any]], path: str | os.PathLike) -> Path:
     """Write COCO-format detections (a JSON list, what COCO.loadRes and the COCO server take) to `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results))
-    return path
+    return write_json_atomic(path, results, indent=None)
 
 
 def coco_from_targets(targets: Iterable[dict[str, Any]]) -> Any:

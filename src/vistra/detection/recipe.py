@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,8 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from vistra.atomic_io import write_json_atomic
+from vistra.checkpoints.backbone import find_backbone, fine_tune_from
 from vistra.data.batching import collate_detection
 from vistra.data.coco import CocoDetection, build_coco
 from vistra.data.det_transforms import (
@@ -38,6 +39,7 @@ from vistra.data.det_transforms import (
 )
 from vistra.data.errors import DataError
 from vistra.engine import TrainConfig, Trainer, build_param_groups
+from vistra.engine.optim import backbone_lr_scales
 from vistra.registry import create_model
 from vistra.trained import INFO_FILE, final_weights, save_trained
 
@@ -63,6 +65,8 @@ class DetRecipe:
     eval_size / eval_max_size for evaluation and prediction).
     lr_backbone: absolute lr of the backbone (default: lr / 10, the official 1e-5 and 2e-5);
     lr_linear_proj_mult: lr multiplier of `*sampling_offsets*` / `*reference_points*` (Deformable DETR).
+    backbone_weights: an ImageNet (or detector) checkpoint loaded into the backbone before training (any
+    supported format; the heads start fresh); layer_decay < 1: layer-wise lr decay inside the backbone.
     model_kwargs (`model.<name>` keys): create_model options; criterion_kwargs (`criterion.<name>`):
     build_criterion options (loss weights, matcher costs, eos_coef, focal_alpha).
     """
@@ -87,6 +91,8 @@ class DetRecipe:
     eval_batch_size: int = 2
     lr_backbone: float | None = None
     lr_linear_proj_mult: float = 0.1
+    backbone_weights: str | None = None
+    layer_decay: float = 1.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     criterion_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -217,17 +223,22 @@ def postprocess_for(model: nn.Module):
 
 
 def param_groups_for(model: nn.Module, cfg: TrainConfig, recipe: DetRecipe) -> list[dict[str, Any]]:
-    """AdamW groups: backbone at lr_backbone (default lr / 10), Deformable DETR's sampling offsets and
-    reference points at lr * lr_linear_proj_mult, everything else at lr."""
+    """AdamW groups: backbone at lr_backbone (default lr / 10; with layer-wise decay when recipe.layer_decay
+    < 1), Deformable DETR's sampling offsets and reference points at lr * lr_linear_proj_mult, the rest at lr."""
     lr_backbone = recipe.lr_backbone if recipe.lr_backbone is not None else cfg.lr / 10
-    scales = {"backbone": lr_backbone / cfg.lr}
-    if is_focal(model):
-        scales = {"*sampling_offsets*": recipe.lr_linear_proj_mult,
-                  "*reference_points*": recipe.lr_linear_proj_mult, **scales}
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    used = {p: s for p, s in scales.items()  # a frozen backbone has nothing to scale
-            if any(n.startswith(p + ".") or fnmatch.fnmatchcase(n, p) for n in names)}
-    return build_param_groups(model, cfg.weight_decay, used)
+    try:
+        prefix, body = find_backbone(model)
+    except ValueError:  # no backbone.body: the whole `backbone` module (if any) takes the backbone lr
+        prefix, body = "backbone", getattr(model, "backbone", nn.Module())
+    scales = backbone_lr_scales(body, prefix, lr_backbone / cfg.lr, recipe.layer_decay)  # {} when frozen
+    if any(n.startswith("backbone.") and not n.startswith(prefix + ".") for n in names):
+        scales["backbone"] = lr_backbone / cfg.lr  # learned position embeddings beside the body
+    if is_focal(model):
+        offsets = {p: recipe.lr_linear_proj_mult for p in ("*sampling_offsets*", "*reference_points*")
+                   if any(fnmatch.fnmatchcase(n, p) for n in names)}  # two-stage models have no reference_points
+        scales = {**offsets, **scales}
+    return build_param_groups(model, cfg.weight_decay, scales)
 
 
 def detection_step(model: nn.Module, batch: Any, criterion: nn.Module) -> tuple[torch.Tensor, dict[str, float]]:
@@ -260,10 +271,11 @@ def train_detect(model_name: str, data: str | os.PathLike | None, out_dir: str |
     model, model_kwargs = build_model(model_name, recipe, num_classes)
     cfg = train_config(model, train_values, out_dir)
     info = {"task": "detect", "model_name": model_name, "model_kwargs": model_kwargs, "num_classes": num_classes,
-            "classes": {str(k): v for k, v in class_names(train_set).items()}, "recipe": dataclasses.asdict(recipe)}
+            "classes": {str(k): v for k, v in class_names(train_set).items()}, "recipe": dataclasses.asdict(recipe),
+            "backbone_weights": fine_tune_from(model, recipe.backbone_weights)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")  # lets eval / predict read last.pt mid-run
+    write_json_atomic(out / INFO_FILE, info)  # lets eval / predict read last.pt mid-run
 
     criterion = criterion_for(model, num_classes, **recipe.criterion_kwargs)
     eval_fn = None

@@ -3,6 +3,7 @@
 from vistra.engine.checkpoint_io import atomic_save, load_checkpoint
 from vistra.engine.config import TrainConfig
 from vistra.engine.ema import ModelEma
+from vistra.engine.errors import TrainingDiverged
 from vistra.engine.optim import build_lr_fn, build_optimizer, build_param_groups
 from vistra.engine.trainer import Trainer
 
@@ -10,6 +11,7 @@ __all__ = [
     "ModelEma",
     "TrainConfig",
     "Trainer",
+    "TrainingDiverged",
     "atomic_save",
     "build_lr_fn",
     "build_optimizer",

@@ -9,8 +9,11 @@ from typing import Any
 
 import yaml
 
+from vistra.atomic_io import write_text_atomic
+
 SCHEDULES = ("cosine", "step")
 BEST_MODES = ("max", "min")
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # vistra.export.compile.BACKENDS
 
 
 @dataclass
@@ -26,6 +29,10 @@ class TrainConfig:
     Evaluation: `eval_fn` runs every `eval_every` epochs and after the last one. With EMA on it gets the
     EMA model; when `eval_raw` is also set the raw model is evaluated too and logged as `raw_<name>`.
     `best_metric` names an eval metric; out_dir/best.pt is written whenever it improves (`best_mode`).
+
+    Compilation: with `compile` the training steps run the model through torch.compile (vistra.export.
+    compile_model) with `compile_backend` ("inductor", or "aot_eager" to check graph capture without code
+    generation); evaluation, EMA and checkpoints use the model itself.
     """
 
     epochs: int = 10
@@ -40,6 +47,8 @@ class TrainConfig:
     clip_grad: float | None = None
     ema_decay: float | None = None
     amp: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
     seed: int = 0
     num_workers: int = 0
     drop_last: bool = True
@@ -70,6 +79,7 @@ class TrainConfig:
         self._check(self.num_workers >= 0, "num_workers", "must be >= 0")
         self._check(self.eval_every >= 1, "eval_every", "must be >= 1")
         self._check(self.best_mode in BEST_MODES, "best_mode", f"must be one of {BEST_MODES}")
+        self._check(self.compile_backend in COMPILE_BACKENDS, "compile_backend", f"must be one of {COMPILE_BACKENDS}")
 
     def _check(self, ok: bool, name: str, rule: str) -> None:
         if not ok:
@@ -90,4 +100,4 @@ class TrainConfig:
 
     def write_yaml(self, path: str | Path) -> None:
         """Write the resolved config as YAML (one key per line, in field order)."""
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))

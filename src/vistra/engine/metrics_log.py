@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from vistra.atomic_io import atomic_path, write_text_atomic
 
 # History keys that are bookkeeping, not curves.
 _NOT_CURVES = ("epoch", "lr", "epoch_time_s")
@@ -28,16 +29,12 @@ class MetricsLog:
 
     def rewrite(self, history: Sequence[dict[str, Any]]) -> None:
         """Replace metrics.jsonl by `history` (a fresh run writes an empty file; a resumed one its history)."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        temp = self.jsonl_path.with_name(self.jsonl_path.name + ".tmp")
-        temp.write_text("".join(json.dumps(record) + "\n" for record in history))
-        os.replace(temp, self.jsonl_path)
+        write_text_atomic(self.jsonl_path, "".join(json.dumps(record) + "\n" for record in history))
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one epoch's record as a line."""
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.jsonl_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        """Add one epoch's record as a line (the file is replaced atomically: a crash leaves no half line)."""
+        old = self.jsonl_path.read_text() if self.jsonl_path.is_file() else ""
+        write_text_atomic(self.jsonl_path, old + json.dumps(record) + "\n")
 
     def plot(self, history: Sequence[dict[str, Any]]) -> None:
         """Redraw curves.png from the whole history."""
@@ -61,7 +58,6 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
     """Draw train loss and each eval metric against epoch into a PNG at `path` (replaced atomically)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-
     from matplotlib.ticker import MaxNLocator
 
     names = curve_names(history)
@@ -88,7 +84,5 @@ def plot_curves(history: Sequence[dict[str, Any]], path: str | Path) -> None:
             ax.legend()
     for ax in axes[len(names) :]:
         ax.set_visible(False)
-    path = Path(path)
-    temp = path.with_name(path.name + ".tmp.png")
-    figure.savefig(temp, dpi=100)
-    os.replace(temp, path)
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=100, format="png")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import math
+import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,6 +61,36 @@ def build_param_groups(
             f"(names look like {names}); use a glob such as 'backbone.*' or a module prefix"
         )
     return list(groups.values())
+
+
+# A transformer block or ResNet bottleneck: "blocks.3.", "block2.0." (PVT stages), "layer4.1." (ResNet stages).
+_BLOCK = re.compile(r"((?:.*\.)?(?:blocks|block\d+|layer\d+)\.\d+)\.")
+
+
+def layer_depths(module: nn.Module) -> tuple[dict[str, int], int]:
+    """({parameter name: depth}, deepest depth) of a backbone: 0 for what comes before the first block (patch
+    embedding, stem, tokens), k for the k-th block in registration order, k + 1 for what follows block k
+    (a stage's downsampling and norms, the final norm)."""
+    blocks: dict[str, int] = {}
+    depths: dict[str, int] = {}
+    for name, _ in module.named_parameters():
+        m = _BLOCK.match(name)
+        depths[name] = blocks.setdefault(m[1], len(blocks) + 1) if m else (len(blocks) + 1 if blocks else 0)
+    return depths, max(depths.values(), default=0)
+
+
+def backbone_lr_scales(module: nn.Module, prefix: str, scale: float, layer_decay: float = 1.0) -> dict[str, float]:
+    """lr_scales (for build_param_groups) of the backbone `module` found at `prefix` in the model: every
+    parameter at `scale`, times layer_decay ** (deepest depth - its depth) when layer_decay < 1 (layer-wise lr
+    decay: the deepest layers learn at `scale`, the stem at the smallest lr). Frozen parameters get none."""
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay={layer_decay} must be in (0, 1]")
+    if layer_decay == 1.0:
+        trainable = any(p.requires_grad for p in module.parameters())
+        return {prefix: scale} if trainable else {}
+    depths, deepest = layer_depths(module)
+    return {f"{prefix}.{name}": scale * layer_decay ** (deepest - depths[name])
+            for name, p in module.named_parameters() if p.requires_grad}
 
 
 def build_optimizer(param_groups: Iterable[dict[str, Any]], cfg: TrainConfig) -> torch.optim.AdamW:

@@ -1,7 +1,11 @@
 """Trainer: the one training loop every task uses (AMP, grad clipping, EMA, resumable checkpoints, logs).
 
-Files written to `cfg.out_dir`: config.yaml (resolved config, at start), metrics.jsonl (one line per epoch),
-curves.png, last.pt (after every epoch, atomically) and best.pt (when `cfg.best_metric` improves).
+Files written to `cfg.out_dir`, each atomically: config.yaml (resolved config, at start), metrics.jsonl (one line
+per epoch), curves.png, last.pt (after every epoch) and best.pt (when `cfg.best_metric` improves).
+
+A diverging run stops with TrainingDiverged before anything non-finite reaches a checkpoint: at a step whose loss
+(on any process) or clipped gradient norm is NaN or infinite, before the optimizer step, and at the end of an epoch
+whose weights (or EMA weights) hold a NaN or infinity; last.pt then still holds the last good epoch.
 
 Under torchrun the loop runs data-parallel (DDP: gloo on CPU, NCCL on GPU): each process trains on its shard
 of every epoch with `cfg.batch_size` images (the global batch is world_size times that), losses and logs are
@@ -23,10 +27,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from tqdm import tqdm
 
-from vistra.engine.checkpoint_io import atomic_save, load_checkpoint, remove_stale_temp_files
+from vistra.checkpoints.errors import CheckpointError
 from vistra.engine import distributed
+from vistra.engine.checkpoint_io import atomic_save, load_checkpoint, remove_stale_temp_files
 from vistra.engine.config import TrainConfig
 from vistra.engine.ema import ModelEma
+from vistra.engine.errors import TrainingDiverged
 from vistra.engine.metrics_log import MetricsLog
 from vistra.engine.optim import StepwiseLR, build_lr_fn, build_optimizer, build_param_groups
 from vistra.engine.seed import epoch_generator, get_rng_state, seed_everything, seed_worker, set_rng_state
@@ -37,7 +43,8 @@ EvalFn = Callable[[nn.Module], Mapping[str, float]]
 CHECKPOINT_FORMAT = "vistra.engine/1"
 # Config fields that may change between a run and its resumption without changing the result.
 _BOOKKEEPING_KEYS = ("epoch", "lr", "epoch_time_s")
-_RESUME_FREE_FIELDS = ("progress", "out_dir", "device", "eval_every", "eval_raw", "best_metric", "best_mode")
+_RESUME_FREE_FIELDS = ("progress", "out_dir", "device", "eval_every", "eval_raw", "best_metric", "best_mode",
+                       "compile", "compile_backend")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -104,6 +111,10 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.dist.local_rank] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.compile:  # only the training steps run compiled; eval, EMA and checkpoints use self.model
+            from vistra.export.compile import compile_model
+
+            self.train_model = compile_model(self.train_model, backend=cfg.compile_backend)
         self.train_dataset = train_dataset
         self.step_fn = step_fn
         self.eval_fn = eval_fn
@@ -180,7 +191,7 @@ class Trainer:
         distributed.barrier()
         if resume and self.last_path.is_file():
             # Loaded on the CPU: RNG states must stay there; weights are copied to the model's device.
-            self.load_state_dict(load_checkpoint(self.last_path, map_location="cpu"))
+            self._resume_from(self.last_path)
         else:
             if main and self.last_path.is_file() and self.epoch == 0:
                 warnings.warn(f"starting a fresh run over {self.last_path}; use fit(resume=True) to continue it",
@@ -192,6 +203,7 @@ class Trainer:
 
         for epoch in range(self.epoch + 1, self.cfg.epochs + 1):
             record = self._train_one_epoch(epoch)
+            self._check_finite_weights(epoch)
             if self.eval_fn is not None and (epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs):
                 record.update(self._evaluate())
             self.history.append(record)
@@ -246,14 +258,19 @@ class Trainer:
         loss, logs = (output, {}) if isinstance(output, Tensor) else output
         logs = _as_float_dict(logs, "step_fn")
         loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise RuntimeError(self._non_finite_message(loss_value, epoch, step))
+        if not self._finite_everywhere(loss_value):
+            raise TrainingDiverged(self._non_finite_message(f"non-finite loss ({loss_value})",
+                                                            self._where(epoch, step)))
 
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.clip_grad is not None:
             self.scaler.unscale_(self.optimizer)
             logs["grad_norm"] = float(nn.utils.clip_grad_norm_(self._params, self.cfg.clip_grad))
+            # with a GradScaler an infinite norm is an overflow it handles (the step is skipped, the scale lowered)
+            if not self.scaler.is_enabled() and not math.isfinite(logs["grad_norm"]):
+                raise TrainingDiverged(self._non_finite_message(
+                    f"non-finite gradient norm ({logs['grad_norm']})", self._where(epoch, step)))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -262,14 +279,34 @@ class Trainer:
             self.ema.update(self.model)
         return loss_value, logs
 
-    def _non_finite_message(self, value: float, epoch: int, step: int) -> str:
-        where = f"epoch {epoch}, step {step + 1}/{self.steps_per_epoch} (global step {self.global_step})"
+    def _finite_everywhere(self, value: float) -> bool:
+        """Whether `value` is finite on every process (so that all of them stop together)."""
+        finite = float(math.isfinite(value))
+        if self.dist.enabled:
+            finite = distributed.mean_over_processes({"finite": finite}, self.device)["finite"]
+        return finite == 1.0
+
+    def _check_finite_weights(self, epoch: int) -> None:
+        """TrainingDiverged when a weight or buffer of the model (or of its EMA copy) is NaN or infinite."""
+        models = {"model": self.model, **({"EMA model": self.ema.module} if self.ema is not None else {})}
+        for which, model in models.items():
+            bad = [name for name, t in model.state_dict().items()
+                   if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+            if bad:
+                shown = ", ".join(bad[:5]) + (f", ... ({len(bad)} in all)" if len(bad) > 5 else "")
+                raise TrainingDiverged(self._non_finite_message(f"non-finite values in the {which}'s {shown}",
+                                                                f"the end of epoch {epoch}"))
+
+    def _where(self, epoch: int, step: int) -> str:
+        return f"epoch {epoch}, step {step + 1}/{self.steps_per_epoch} (global step {self.global_step})"
+
+    def _non_finite_message(self, what: str, where: str) -> str:
         if self.last_path.is_file() and self.epoch > 0:
             kept = f"{self.last_path} still holds epoch {self.epoch}"
         else:
             kept = "no checkpoint has been written yet"
         return (
-            f"non-finite loss ({value}) at {where}; training stopped and {kept}. "
+            f"{what} at {where}; training stopped and {kept}. "
             "Lower the lr, set clip_grad, or check the batch, then resume."
         )
 
@@ -346,6 +383,16 @@ class Trainer:
             "history": [dict(record) for record in self.history],
             "best_value": self.best_value,
         }
+
+    def _resume_from(self, path: Path) -> None:
+        """load_state_dict of the checkpoint at `path`; CheckpointError naming it when it does not fit this run."""
+        checkpoint = load_checkpoint(path, map_location="cpu")
+        try:
+            self.load_state_dict(checkpoint)
+        except (ValueError, KeyError, RuntimeError) as err:
+            problem = " ".join(str(err).split())[:1000]
+            raise CheckpointError(f"{path}: cannot resume from it ({type(err).__name__}: {problem}); "
+                                  "start a fresh run in another out_dir, or fix the config") from None
 
     def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
         """Restore a `state_dict()`; warns when config fields that change the result differ."""

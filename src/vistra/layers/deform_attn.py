@@ -7,11 +7,18 @@ Implementations of the op (all give the same result; see tests/test_deform_attn.
     "reference"  the paper's pure-PyTorch fallback, one F.grid_sample per level (deform_attn_core.py);
     "fast"       pure PyTorch, one fused gather over all levels and a hand-written backward (deform_attn_core.py);
     "native"     a small C/OpenMP kernel compiled on first use, CPU float32/float64 (deform_attn_native.py);
-    "auto"       "native" where it applies and builds, else "fast". Importing vistra never compiles anything.
+    "auto"       "native" where it applies and builds, else "fast"; "reference" while torch.compile or
+                 torch.export traces the model (the other two are opaque to graph capture: a ctypes call, and an
+                 autograd.Function writing into strided outputs). Importing vistra never compiles anything.
+
+`override_impl(model, impl)` switches every MSDeformAttn inside a model for the duration of a with-block
+(ONNX export runs the reference path: ONNX has GridSample, and nothing for the other two).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +41,8 @@ def resolve_impl(impl: str, value: torch.Tensor) -> str:
         raise ValueError(f"deformable attention impl must be one of {IMPLS}, got {impl!r}")
     if impl != "auto":
         return impl
+    if torch.compiler.is_compiling():  # also true under torch.export
+        return "reference"
     return "native" if deform_attn_native.supports(value) else "fast"
 
 
@@ -151,3 +160,19 @@ class MSDeformAttn(nn.Module):
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, n_levels={self.n_levels}, n_heads={self.n_heads}, "
                 f"n_points={self.n_points}, impl={self.impl!r}")
+
+
+@contextlib.contextmanager
+def override_impl(model: nn.Module, impl: str) -> Iterator[None]:
+    """Run every MSDeformAttn inside `model` with `impl` within the with-block; their own settings come back after."""
+    if impl not in IMPLS:
+        raise ValueError(f"deformable attention impl must be one of {IMPLS}, got {impl!r}")
+    modules = [m for m in model.modules() if isinstance(m, MSDeformAttn)]
+    saved = [m.impl for m in modules]
+    try:
+        for m in modules:
+            m.impl = impl
+        yield
+    finally:
+        for m, old in zip(modules, saved):
+            m.impl = old

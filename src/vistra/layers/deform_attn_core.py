@@ -39,13 +39,19 @@ def as_shape_list(spatial_shapes) -> Shapes:
     """(H_l, W_l) per level as Python ints, from a list/tuple of pairs or an (L, 2) integer tensor.
 
     A tensor is read with ``.tolist()`` (a host sync, and data-dependent under torch.export: pass Python ints there).
+    Symbolic sizes (torch.export, torch.compile with dynamic shapes) are kept symbolic: int() would fix them to the
+    example's values.
     """
     if isinstance(spatial_shapes, torch.Tensor):
         spatial_shapes = spatial_shapes.tolist()
-    shapes = tuple((int(h), int(w)) for h, w in spatial_shapes)
+    shapes = tuple((_size(h), _size(w)) for h, w in spatial_shapes)
     if any(h < 1 or w < 1 for h, w in shapes):
         raise ValueError(f"spatial_shapes must be positive (H, W) pairs, got {shapes}")
     return shapes
+
+
+def _size(n) -> int:
+    return n if isinstance(n, torch.SymInt) else int(n)
 
 
 def ms_deform_attn_reference(

@@ -28,7 +28,9 @@ def resample_abs_pos_embed(
         if side * side != n:
             raise ValueError(f"position embedding has {n} grid entries, not a square; pass old_hw")
         old_hw = (side, side)
-    if tuple(old_hw) == tuple(new_hw):
+    # Exported graphs always resize (to the same size that changes nothing), so they take any size; comparing
+    # the sizes first would fix the export to the example's.
+    if not torch.compiler.is_exporting() and tuple(old_hw) == tuple(new_hw):
         return pos_embed
     dim = grid.shape[-1]
     grid = grid.reshape(1, old_hw[0], old_hw[1], dim).permute(0, 3, 1, 2)  # (1, D, H, W)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from vistra.cli_common import CommandGroups, add_config_args
+from vistra.cli_common import CommandGroups, add_backbone_weights_arg, add_config_args
 
 
 def add_commands(groups: CommandGroups) -> None:
@@ -19,7 +19,7 @@ def add_commands(groups: CommandGroups) -> None:
     add_config_args(p)
     p.add_argument("--out", help="run folder (default runs/segment)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    p.add_argument("--backbone-weights", metavar="FILE", help="backbone checkpoint, any supported format")
+    add_backbone_weights_arg(p)
     p.set_defaults(func=train)
 
     p = groups.eval.add_parser("segment", help="mIoU, per-class IoU and pixel accuracy on a mask dataset")

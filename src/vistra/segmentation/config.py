@@ -30,7 +30,8 @@ class SegRecipe:
     num_classes None: the length of root/classes.txt, else the preset's default. img_size None: crop_size.
     scale / eval_scale: (long, short) edges the image is fitted into (eval_scale None: no resize at eval).
     eval_mode "whole" or "slide" (eval_crop default crop_size, eval_stride default 2/3 of it).
-    head_lr_scale multiplies the learning rate of the head's parameters.
+    head_lr_scale multiplies the learning rate of the head's parameters; layer_decay < 1: layer-wise lr decay
+    inside the backbone. backbone_weights: a checkpoint loaded into the backbone before training.
     model_kwargs: options for the model builder (e.g. head channels); `model.<name>` keys in the settings.
     """
 
@@ -52,6 +53,7 @@ class SegRecipe:
     eval_crop: int | None = None
     eval_stride: int | None = None
     head_lr_scale: float = 10.0
+    layer_decay: float = 1.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -5,7 +5,6 @@ torchrun every process scores its share of the images and the matrices are summe
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from vistra.atomic_io import write_json_atomic
 from vistra.checkpoints.errors import CheckpointError
 from vistra.data.seg_dataset import IGNORE_INDEX
 from vistra.registry import create_model
@@ -113,6 +113,5 @@ def eval_segment(checkpoint: str | os.PathLike, data_root: str | os.PathLike, sp
     path = Path(out) if out else (Path(checkpoint) if Path(checkpoint).is_dir() else Path(checkpoint).parent)
     result["json"] = str(path / EVAL_FILE)
     if ctx.is_main:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / EVAL_FILE).write_text(json.dumps(result, indent=2) + "\n")
+        write_json_atomic(path / EVAL_FILE, result)
     return result

@@ -1,7 +1,6 @@
 """Segment image files with a trained model (`vistra predict` for segmentation checkpoints): mask PNGs, overlays."""
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vistra.atomic_io import write_json_atomic
 from vistra.data.errors import DataError
 from vistra.data.image_folder import IMG_EXTENSIONS
 from vistra.data.image_io import read_image
@@ -72,5 +72,5 @@ def predict_segment(images: Iterable[str | os.PathLike], checkpoint: str | os.Pa
         counts = np.bincount(mask.ravel(), minlength=len(classes))
         records.append({"image": str(path), "mask": str(mask_path), "overlay": str(overlay_path),
                         "classes": {classes[i]: float(c / mask.size) for i, c in enumerate(counts) if c}})
-    (out / PREDICTIONS).write_text(json.dumps(records, indent=2) + "\n")
+    write_json_atomic(out / PREDICTIONS, records)
     return records

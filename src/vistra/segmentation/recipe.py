@@ -17,9 +17,12 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from vistra.atomic_io import write_text_atomic
+from vistra.checkpoints.backbone import find_backbone, fine_tune_from
 from vistra.data.seg_dataset import IGNORE_INDEX, SegmentationDataset, read_class_names
 from vistra.data.seg_transforms import build_seg_eval_transform, build_seg_train_transform
 from vistra.engine import Trainer, build_param_groups
+from vistra.engine.optim import backbone_lr_scales
 from vistra.registry import create_model
 from vistra.segmentation.config import SegRecipe, recipe_dict, resolve_config
 from vistra.segmentation.evaluate import evaluate, scalars
@@ -36,12 +39,11 @@ def build_model(model_name: str, recipe: SegRecipe, classes: Sequence[str] | Non
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     kwargs["img_size"] = recipe.img_size or recipe.crop_size
-    weights = {"backbone_weights": recipe.backbone_weights} if recipe.backbone_weights else {}
     from vistra.registry import get_builder
 
     get_builder(model_name)  # an unknown name fails here, before any option is blamed
     try:
-        model = create_model(model_name, **kwargs, **weights)
+        model = create_model(model_name, **kwargs)
     except TypeError as err:
         raise ValueError(f"{model_name}: {err}") from None
     if not isinstance(model, Segmenter):
@@ -89,6 +91,7 @@ def train_segment(model_name: str, data_root: str | os.PathLike, out_dir: str | 
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     classes = read_class_names(data_root)
     model, model_kwargs = build_model(model_name, recipe, classes)
+    backbone_weights = fine_tune_from(model, recipe.backbone_weights)
     num_classes = model.num_classes
     if classes and len(classes) != num_classes:
         raise ValueError(f"{Path(data_root) / 'classes.txt'} lists {len(classes)} classes but the model has "
@@ -97,18 +100,20 @@ def train_segment(model_name: str, data_root: str | os.PathLike, out_dir: str | 
     splits = [recipe.train_split] + ([recipe.val_split] if recipe.val_split else [])
     data = build_datasets(data_root, recipe, num_classes, splits)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_CONFIG).write_text(yaml.safe_dump({"model": model_name, "data": str(data_root),
+    write_text_atomic(out / RUN_CONFIG, yaml.safe_dump({"model": model_name, "data": str(data_root),
                                                   **recipe_dict(recipe), "train": cfg.to_dict()}, sort_keys=False))
 
     eval_fn = None
     if recipe.val_split:
         val_set = data[recipe.val_split]
         eval_fn = lambda m: scalars(evaluate(m, val_set, num_classes, recipe))  # noqa: E731
-    groups = build_param_groups(model, cfg.weight_decay, {"head": recipe.head_lr_scale})
+    prefix, body = find_backbone(model)
+    groups = build_param_groups(model, cfg.weight_decay, {"head": recipe.head_lr_scale,
+                                                          **backbone_lr_scales(body, prefix, 1.0, recipe.layer_decay)})
     trainer = Trainer(model, cfg, data[recipe.train_split], seg_step, eval_fn, param_groups=groups)
     history = trainer.fit(resume=resume)
     info = {"task": "segment", "model_name": model_name, "model_kwargs": model_kwargs, "classes": classes,
-            "recipe": recipe_dict(recipe)}
+            "recipe": recipe_dict(recipe), "backbone_weights": backbone_weights}
     weights = save_trained(final_weights(trainer), out, info)
     evaluated = [r for r in history if "mIoU" in r]
     return {"history": history, "metrics": scalars(evaluated[-1]) if evaluated else {}, "weights": str(weights),

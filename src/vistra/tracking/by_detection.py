@@ -8,7 +8,6 @@ detect`). `track_frames` links a FrameSource's detections into MOTChallenge resu
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from vistra.atomic_io import write_json_atomic
 from vistra.checkpoints import CheckpointError
 from vistra.trained import task_of
 
@@ -100,10 +100,11 @@ def rows_for(frame: int, tracks: list[TrackOutput], rows: list[tuple]) -> None:
 
 def track_to_folder(source: str | os.PathLike, detector: Detector, out_dir: str | os.PathLike,
                     config: TrackerConfig | None = None, class_names: Mapping[int, str] | None = None,
-                    render: bool = True, trail: int = 20, skip_bad: bool = True, progress: bool = True
-                    ) -> dict[str, Any]:
+                    render: bool = True, trail: int = 20, skip_bad: bool = True, progress: bool = True,
+                    results_format: str = "mot") -> dict[str, Any]:
     """Track a video / frame folder / MOTChallenge sequence: writes OUT/<name>.txt (MOTChallenge results, class in
-    column 8), OUT/frames/<name>/<frame>.png (tracks drawn with IDs and trails) and OUT/track_summary.json.
+    column 8; or with results_format "kitti" KITTI label_02 results, frames from 0, class names as types),
+    OUT/frames/<name>/<frame>.png (tracks drawn with IDs and trails) and OUT/track_summary.json.
 
     The results file is written even when a frame fails midway (skip_bad=False), holding every finished frame.
     Returns the summary: source, name, results, frames (tracked), tracks (distinct IDs), skipped, gaps,
@@ -125,16 +126,32 @@ def track_to_folder(source: str | os.PathLike, detector: Detector, out_dir: str 
 
     rows: list[tuple] = []
     results = out / f"{frames.name}.txt"
+    write = _results_writer(results_format, class_names)
     start = time.perf_counter()
     try:
         track_frames(frames, detector, Tracker(config), finish_frame, progress, rows)
     finally:
-        write_mot_txt(results, MotTable.from_rows(rows))
+        write(results, MotTable.from_rows(rows))
     seconds = time.perf_counter() - start
     summary = {"source": str(source), "name": frames.name, "results": str(results),
                "frames_dir": str(frame_dir) if render else None, "frames": len(done),
                "tracks": len({r[1] for r in rows}), "boxes": len(rows), "skipped": frames.skipped,
                "gaps": frames.gaps, "problems": frames.problems, "seconds": round(seconds, 2),
                "fps": round(len(done) / max(seconds, 1e-9), 2)}
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json_atomic(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _results_writer(results_format: str, class_names: Mapping[int, str] | None) -> Callable[[Path, MotTable], Any]:
+    """(path, table) -> writes the results file in the format asked for; names checked before tracking starts."""
+    if results_format == "mot":
+        return write_mot_txt
+    if results_format != "kitti":
+        raise ValueError(f"unknown results format {results_format!r}; known: mot, kitti")
+    from .kitti_io import KITTI_TYPES, kitti_type, write_kitti_labels
+
+    types = {cid: kitti_type(name) for cid, name in (class_names or {}).items()}
+    if not types or None in types.values():
+        raise ValueError(f"KITTI results need KITTI type names (known: {', '.join(KITTI_TYPES)}); the model's "
+                         f"classes are {sorted((class_names or {}).values())}")
+    return lambda path, table: write_kitti_labels(path, table, types, results=True)

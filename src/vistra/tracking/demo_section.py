@@ -32,7 +32,6 @@ def tracking_section(ctx) -> Any:
     from vistra.tracking.recipe import track_and_score, train_track
     from vistra.trained import read_trained
 
-    start = time.perf_counter()
     data_dir, run_dir = ctx.data / "digits-mot", ctx.runs / "track"
     made = make_digits_mot(data_dir, **DATA)
     print(f"[tracking] wrote {len(made['sequences']['train'])} train / {len(made['sequences']['val'])} val "

@@ -2,162 +2,102 @@
 `trackeval` package's metric classes on sequences vistra reads itself.
 
 vistra reads the files (so malformed rows get a file-and-line error, or a counted skip) and prepares each
-sequence the way TrackEval's MotChallenge2DBox does, which keeps MOT17 numbers identical to the official
-script's, then hands the per-frame IDs and IoUs to trackeval.metrics. Reading ourselves is also what lets
-multi-class datasets (vistra's classes.txt beside the sequences) be scored per class, which TrackEval's
-MOTChallenge reader refuses (pedestrians only). trackeval 1.3 uses no NumPy alias removed in NumPy 2, so no
-compatibility shim is needed.
+sequence the way the official evaluation does (vistra.tracking.eval_rules: TrackEval's MotChallenge2DBox and
+Kitti2DBox, the UA-DETRAC toolkit's ignored regions), then hands the per-frame IDs and IoUs to trackeval.metrics.
+Reading ourselves is also what lets multi-class datasets be scored per class, which TrackEval's MOTChallenge
+reader refuses (pedestrians only). trackeval 1.3 uses no NumPy alias removed in NumPy 2, so no compatibility
+shim is needed.
 
-Modes:
+Modes, by the ground truth's format (vistra.tracking.datasets):
 - MOTChallenge (no classes.txt): pedestrians (class 1) are scored; predictions matched (IoU >= 0.5) to a
   distractor (classes 2, 7, 8, 12) are removed first; gt rows with flag 0 are ignored. Result classes are unused.
-- multi-class (GT_ROOT/classes.txt): each class is scored on its own (gt and results of that class), then
-  combined over classes averaged by detections ("all") and by class ("class_averaged").
+- multi-class MOTChallenge (GT_ROOT/classes.txt): each class is scored on its own (gt and results of that class),
+  then combined over classes averaged by detections ("all") and by class ("class_averaged").
+- KITTI tracking: Car and Pedestrian (or the classes asked for), each with KITTI's distractors, occlusion /
+  truncation limits and DontCare regions, combined as above.
+- UA-DETRAC: each vehicle type, boxes mostly inside the ignored regions left out, combined as above.
 - class_agnostic: every considered gt row against every result row, one class "all".
 """
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import torch
-from scipy.optimize import linear_sum_assignment
 
+from vistra.atomic_io import write_json_atomic
 from vistra.data.errors import DataError
-from vistra.detection.box_ops import box_iou
 
-from .mot_io import MotTable, find_sequences, read_class_names, read_gt, read_mot_txt, read_seqinfo
+from .datasets import detect_format, open_sequences
+from .eval_rules import (  # noqa: F401
+    ClassRule,
+    box_iou_xywh,
+    class_rules,
+    format_rules,
+    select_rules,
+    sequence_data,  # (ClassRule, box_iou_xywh: re-exported)
+)
+from .results import read_results
 
-PEDESTRIAN = 1
-MOT17_DISTRACTORS = (2, 7, 8, 12)  # person on vehicle, static person, distractor, reflection
-MATCH_IOU = 0.5  # distractor matching threshold, as TrackEval
 HEADLINE = ("HOTA", "DetA", "AssA", "MOTA", "MOTP", "IDF1", "IDSW", "CLR_FP", "CLR_FN", "GT_IDs", "IDs")
 METRICS_FILE = "track_metrics.json"
 
 
-@dataclass
-class ClassRule:
-    """Which rows one scored class takes: gt_classes / result_classes None = any class."""
-
-    name: str
-    gt_classes: tuple[int, ...] | None
-    result_classes: tuple[int, ...] | None
-    distractors: tuple[int, ...] = ()
-
-
-def class_rules(gt_root: str | os.PathLike, class_agnostic: bool = False) -> list[ClassRule]:
-    """The classes to score for the sequences under gt_root (see the module doc)."""
-    if class_agnostic:
-        return [ClassRule("all", None, None)]
-    names = read_class_names(gt_root)
-    if names is None:
-        return [ClassRule("pedestrian", (PEDESTRIAN, -1), None, MOT17_DISTRACTORS)]
-    return [ClassRule(name, (cid,), (cid,)) for cid, name in sorted(names.items())]
-
-
 def evaluate_tracking(gt_root: str | os.PathLike, results: str | os.PathLike, class_agnostic: bool = False,
-                      skip_bad: bool = False, out_json: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Score the results (RESULTS/<sequence>.txt, or RESULTS/data/<sequence>.txt) of every sequence under gt_root.
+                      skip_bad: bool = False, out_json: str | os.PathLike | None = None, format: str | None = None,
+                      class_map: Mapping[str, str] | str | None = None, classes: list[str] | None = None
+                      ) -> dict[str, Any]:
+    """Score the results of every sequence under gt_root (a MOTChallenge, KITTI tracking or UA-DETRAC folder;
+    format None: detected from the folder). Results: RESULTS/<sequence>.txt or RESULTS/data/<sequence>.txt, MOT
+    rows with the class id in column 8 or (KITTI) label_02 rows, or (UA-DETRAC) RESULTS/<sequence>.xml.
 
+    class_map: renames gt (and KITTI / UA-DETRAC results) class names, see vistra.tracking.datasets; classes:
+    the class names to score (KITTI: Car and Pedestrian by default; else every class).
     Returns {"sequences": {seq: {class: metrics}}, "combined": {class: metrics, ("all", "class_averaged" when
-    multi-class)}, "classes": [...], "skipped": ["<file>: line N: problem", ...]}; metrics are flat dicts of
-    TrackEval fields (HOTA family averaged over its IoU thresholds, as TrackEval's summaries), fractions in
-    [0, 1] and counts. out_json: also write that dict there.
+    multi-class)}, "classes": [...], "format", "skipped": ["<file>: line N: problem", ...], "notes": [...]};
+    metrics are flat dicts of TrackEval fields (HOTA family averaged over its IoU thresholds, as TrackEval's
+    summaries), fractions in [0, 1] and counts. out_json: also write that dict there.
     """
     import trackeval  # lazy: only evaluation needs it
 
     metrics = [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR({"PRINT_CONFIG": False}),
                trackeval.metrics.Identity({"PRINT_CONFIG": False}), trackeval.metrics.Count()]
-    rules = class_rules(gt_root, class_agnostic)
+    format = format or detect_format(gt_root)
+    sequences = open_sequences(gt_root, format, class_map, skip_bad)
+    if format == "mot":
+        rules = select_rules(class_rules(gt_root, class_agnostic, sequences[0].classes if class_map else None), classes)
+    else:
+        rules = format_rules(format, sequences[0].classes, class_agnostic, classes)
     per_seq: dict[str, dict[str, dict[str, dict]]] = {}  # seq -> class -> metric -> raw trackeval result
     skipped: list[str] = []
-    for seq_dir in find_sequences(gt_root):
-        info = read_seqinfo(seq_dir)
-        gt = read_gt(seq_dir, skip_bad=skip_bad)
-        found = _results_file(results, seq_dir.name)
-        pred = read_mot_txt(found, skip_bad=skip_bad)
-        skipped += [f"{seq_dir / 'gt' / 'gt.txt'}: {s}" for s in gt.skipped] + [f"{found}: {s}" for s in pred.skipped]
-        late = pred.frames > info.length
+    notes: list[str] = []
+    for seq in sequences:
+        pred, found = read_results(results, seq, class_map, skip_bad)
+        skipped += seq.skipped + [f"{found}: {s}" for s in pred.skipped]
+        notes += seq.notes
+        late = pred.frames > seq.length
         if late.any():
             raise DataError(found, f"results for frame {int(pred.frames[late].max())}, but the sequence has "
-                                   f"{info.length} frames")
-        per_seq[seq_dir.name] = {}
+                                   f"{seq.length} frames")
+        per_seq[seq.name] = {}
         for rule in rules:
-            data = sequence_data(gt, pred, info.length, rule)
-            per_seq[seq_dir.name][rule.name] = {m.get_name(): m.eval_sequence(data) for m in metrics}
+            data = sequence_data(seq.gt, pred, seq.length, rule, seq.ignore_regions)
+            per_seq[seq.name][rule.name] = {m.get_name(): m.eval_sequence(data) for m in metrics}
     combined = {r.name: {m.get_name(): m.combine_sequences({s: c[r.name][m.get_name()] for s, c in per_seq.items()})
                          for m in metrics} for r in rules}
     if len(rules) > 1:  # per sequence and overall: every class together, weighted by detections
-        for classes in (*per_seq.values(), combined):
-            classes["all"] = _combine_classes(metrics, {r.name: classes[r.name] for r in rules}, by_class=False)
+        for by_class in (*per_seq.values(), combined):
+            by_class["all"] = _combine_classes(metrics, {r.name: by_class[r.name] for r in rules}, by_class=False)
         combined["class_averaged"] = _combine_classes(metrics, {r.name: combined[r.name] for r in rules}, True)
-    report = {"gt_root": str(gt_root), "results": str(results), "classes": [r.name for r in rules],
-              "sequences": {s: {c: summarise(m, metrics) for c, m in classes.items() if _has_data(m)}
-                            for s, classes in per_seq.items()},
-              "combined": {c: summarise(m, metrics) for c, m in combined.items() if _has_data(m)}, "skipped": skipped}
+    report = {"gt_root": str(gt_root), "results": str(results), "format": format, "classes": [r.name for r in rules],
+              "sequences": {s: {c: summarise(m, metrics) for c, m in by_class.items() if _has_data(m)}
+                            for s, by_class in per_seq.items()},
+              "combined": {c: summarise(m, metrics) for c, m in combined.items() if _has_data(m)}, "skipped": skipped,
+              "notes": notes}
     if out_json is not None:
-        Path(out_json).parent.mkdir(parents=True, exist_ok=True)
-        Path(out_json).write_text(json.dumps(report, indent=2) + "\n")
+        write_json_atomic(out_json, report)
     return report
-
-
-def sequence_data(gt: MotTable, pred: MotTable, length: int, rule: ClassRule) -> dict[str, Any]:
-    """One sequence and class in the form trackeval.metrics take: per frame gt_ids, tracker_ids (relabelled
-    0..n-1) and similarity_scores (IoU, (n_gt, n_pred)), plus the counts."""
-    keys = ("gt_ids", "tracker_ids", "similarity_scores")
-    data: dict[str, Any] = {k: [] for k in keys}
-    if rule.result_classes is not None:
-        pred = pred.select(np.isin(pred.classes, rule.result_classes))
-    for frame in range(1, length + 1):
-        g, p = gt.at_frame(frame), pred.at_frame(frame)
-        iou = box_iou_xywh(g.boxes, p.boxes)  # (n_gt, n_pred) before any filtering, as TrackEval
-        if rule.distractors and len(g) and len(p):
-            drop = _matched_to(iou, np.isin(g.classes, rule.distractors))
-            p, iou = p.select(~drop), iou[:, ~drop]
-        keep = g.scores != 0
-        if rule.gt_classes is not None:
-            keep &= np.isin(g.classes, rule.gt_classes)
-        data["gt_ids"].append(g.ids[keep])
-        data["tracker_ids"].append(p.ids)
-        data["similarity_scores"].append(iou[keep])
-    for side in ("gt", "tracker"):
-        ids = data[f"{side}_ids"]
-        unique = np.unique(np.concatenate(ids)) if ids else np.zeros(0, np.int64)
-        data[f"{side}_ids"] = [np.searchsorted(unique, frame_ids) for frame_ids in ids]  # 0..n-1
-        data[f"num_{side}_ids"] = len(unique)
-        data[f"num_{side}_dets"] = int(sum(len(frame_ids) for frame_ids in ids))
-    data["num_timesteps"] = length
-    return data
-
-
-def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise IoU of (N, 4) and (M, 4) left, top, width, height boxes -> (N, M)."""
-    to_xyxy = lambda x: torch.from_numpy(np.concatenate([x[:, :2], x[:, :2] + x[:, 2:]], axis=1))  # noqa: E731
-    return box_iou(to_xyxy(a), to_xyxy(b))[0].numpy().reshape(len(a), len(b))
-
-
-def _matched_to(iou: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """(M,) bool: predictions that the IoU >= 0.5 Hungarian matching pairs with a gt row where targets is True."""
-    eps = np.finfo(float).eps
-    score = np.where(iou >= MATCH_IOU - eps, iou, 0.0)
-    rows, cols = linear_sum_assignment(-score)
-    real = score[rows, cols] > eps
-    drop = np.zeros(iou.shape[1], dtype=bool)
-    drop[cols[real & targets[rows]]] = True
-    return drop
-
-
-def _results_file(results: str | os.PathLike, seq: str) -> Path:
-    for candidate in (Path(results) / f"{seq}.txt", Path(results) / "data" / f"{seq}.txt"):
-        if candidate.is_file():
-            return candidate
-    if not Path(results).is_dir():
-        raise DataError(results, "results folder does not exist")
-    raise DataError(results, f"no results for sequence {seq} (expected {Path(results) / (seq + '.txt')})")
 
 
 def _combine_classes(metrics: list, by_name: dict[str, dict[str, Any]], by_class: bool) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from vistra.data.errors import DataError
+from vistra.data.paths import inside_root
 
 SEQINFO = "seqinfo.ini"
 CLASSES_FILE = "classes.txt"  # optional, beside the sequences: "<id> <name>" per line (multi-class datasets)
@@ -40,6 +41,7 @@ class MotTable:
     classes: np.ndarray  # (N,) int64, -1 = unknown
     visibility: np.ndarray  # (N,) float64 in [0, 1], -1 = unknown
     skipped: list[str] = field(default_factory=list)  # "line N: problem" of rows dropped by skip_bad
+    extras: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (N, ...) per-row fields of other formats
 
     @classmethod
     def empty(cls) -> MotTable:
@@ -58,7 +60,7 @@ class MotTable:
     def select(self, keep: np.ndarray) -> MotTable:
         """The rows where the (N,) bool mask (or index array) `keep` selects them."""
         return MotTable(self.frames[keep], self.ids[keep], self.boxes[keep], self.scores[keep], self.classes[keep],
-                        self.visibility[keep], list(self.skipped))
+                        self.visibility[keep], list(self.skipped), {k: v[keep] for k, v in self.extras.items()})
 
     def at_frame(self, frame: int) -> MotTable:
         return self.select(self.frames == frame)
@@ -66,6 +68,13 @@ class MotTable:
     def xyxy(self) -> np.ndarray:
         """(N, 4) boxes as corners x0, y0, x1, y1."""
         return np.concatenate([self.boxes[:, :2], self.boxes[:, :2] + self.boxes[:, 2:]], axis=1)
+
+
+def objects(values: list) -> np.ndarray:
+    """(N,) object array of the values, whatever they are (strings, dicts): for MotTable.extras."""
+    array = np.empty(len(values), dtype=object)
+    array[:] = values
+    return array
 
 
 @dataclass(frozen=True)
@@ -178,20 +187,26 @@ class SeqInfo:
         return Path(seq_dir) / self.im_dir / f"{frame:06d}{self.im_ext}"
 
 
-def read_seqinfo(seq_dir: str | os.PathLike) -> SeqInfo:
-    """seq_dir/seqinfo.ini -> SeqInfo; DataError when it is missing or lacks seqLength."""
+def read_seqinfo(seq_dir: str | os.PathLike, allow_outside_root: bool = False) -> SeqInfo:
+    """seq_dir/seqinfo.ini -> SeqInfo; DataError when it is missing or lacks seqLength, when imExt is not a file
+    extension, or when imDir leaves the sequence folder (absolute, or climbing out with ``..``) unless
+    allow_outside_root."""
     path = Path(seq_dir) / SEQINFO
     parser = configparser.ConfigParser()
     try:
         if not parser.read(path):
             raise DataError(path, "missing; a MOTChallenge sequence folder holds seqinfo.ini, img1/ and gt/gt.txt")
         section = parser["Sequence"]
-        return SeqInfo(name=section.get("name", Path(seq_dir).name), length=int(section["seqLength"]),
+        info = SeqInfo(name=section.get("name", Path(seq_dir).name), length=int(section["seqLength"]),
                        frame_rate=float(section.get("frameRate", 30)), width=int(section.get("imWidth", 0)),
                        height=int(section.get("imHeight", 0)), im_dir=section.get("imDir", "img1"),
                        im_ext=section.get("imExt", ".jpg"))
     except (configparser.Error, KeyError, ValueError) as err:
         raise DataError(path, f"not a valid seqinfo.ini ({' '.join(str(err).split())})") from None
+    if not re.fullmatch(r"\.\w+", info.im_ext):
+        raise DataError(path, f"imExt {info.im_ext!r} is not a file extension such as .jpg")
+    inside_root(seq_dir, info.im_dir, path, "imDir", allow_outside_root)
+    return info
 
 
 def write_seqinfo(seq_dir: str | os.PathLike, info: SeqInfo) -> Path:
@@ -227,8 +242,9 @@ def read_gt(seq_dir: str | os.PathLike, rule: GtFilter | None = None, skip_bad: 
                   f"{int(table.frames[late][0])})"
         if not skip_bad:
             raise DataError(path, problem)
+        table.skipped += [f"frame {f}, id {i}: after the last frame {info.length} of seqinfo.ini"
+                          for f, i in zip(table.frames[late], table.ids[late])]
         table = table.select(~late)
-        table.skipped.append(problem)
     return filter_gt(table, rule) if rule is not None else table
 
 

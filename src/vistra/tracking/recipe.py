@@ -1,4 +1,4 @@
-"""Training and evaluating the TransCenter-style tracker on MOTChallenge-layout data.
+"""Training and evaluating the TransCenter-style tracker on MOTChallenge, KITTI tracking or UA-DETRAC data.
 
 `train_track(model_name, data_root, out_dir, overrides)` trains on frame pairs of DATA/train sequences (the
 same random flip / resize / crop on both frames), with CenterNet targets at stride 4 and the center losses
@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
+from vistra.checkpoints.backbone import find_backbone, fine_tune_from
 from vistra.data.batching import collate_detection
 from vistra.data.errors import DataError
 from vistra.engine import TrainConfig, Trainer, build_param_groups
+from vistra.engine.optim import backbone_lr_scales
 from vistra.tracking.centernet import build_targets, center_losses
 
 TRACK_TRAIN_DEFAULTS = {"lr": 2e-4, "weight_decay": 1e-4, "batch_size": 8, "epochs": 50, "schedule": "step",
@@ -31,11 +34,16 @@ TRACK_TRAIN_DEFAULTS = {"lr": 2e-4, "weight_decay": 1e-4, "batch_size": 8, "epoc
 class TrackRecipe:
     """Data and augmentation settings of a tracking run (the loop's own are in TrainConfig).
 
-    Data: DATA/<train_split> and DATA/<val_split> hold MOTChallenge sequences. With a classes.txt (multi-class
-    data) each class gets a heatmap channel, unless class_agnostic (one channel for every class); without one
-    the data is pedestrians (MOT17's rule: gt class 1, considered rows). max_gap: the earlier frame of a pair is 1..max_gap frames back.
+    Data: DATA/<train_split> and DATA/<val_split> hold MOTChallenge, KITTI tracking or UA-DETRAC sequences
+    (vistra.tracking.datasets). KITTI and UA-DETRAC data, and MOTChallenge data with a classes.txt, are
+    multi-class: each class gets a heatmap channel, unless class_agnostic (one channel for every class); other
+    MOTChallenge data is pedestrians (MOT17's rule: gt class 1, considered rows). class_map: renames classes
+    ("Van=Car,Misc=ignore", or a file of such lines; see vistra.tracking.datasets). classes: the class names
+    to track (multi-class data); default: every class with boxes in the training split.
+    max_gap: the earlier frame of a pair is 1..max_gap frames back.
     Augmentation: scales (shorter side), max_size, hflip; eval_size: shorter side when tracking.
-    lr_backbone_mult: the backbone's lr relative to lr.
+    lr_backbone_mult: the backbone's lr relative to lr; layer_decay < 1: layer-wise lr decay inside it.
+    backbone_weights: an ImageNet (or detector) checkpoint loaded into the backbone before training.
     """
 
     train_split: str = "train"
@@ -49,7 +57,11 @@ class TrackRecipe:
     eval_size: int = 608
     eval_max_size: int | None = 1088
     lr_backbone_mult: float = 0.1
+    layer_decay: float = 1.0
+    backbone_weights: str | None = None
     skip_bad: bool = False
+    class_map: str | dict[str, str] | None = None
+    classes: list[str] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,6 +72,7 @@ def resolve_config(overrides: Mapping[str, Any] | None, train: bool = True) -> t
     values: dict[str, Any] = {"model_kwargs": {}}
     train_values: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
+        key = key[len("train."):] if key.startswith("train.") else key  # as the other tasks: train.lr = lr
         if key.startswith("model."):
             values["model_kwargs"][key.split(".", 1)[1]] = value
         elif key == "model_kwargs":
@@ -76,25 +89,46 @@ def resolve_config(overrides: Mapping[str, Any] | None, train: bool = True) -> t
 
 
 # --------------------------------------------------------------------------------------------- data
-def sequences_of(data_root: str | os.PathLike, split: str) -> list[Path]:
-    """The MOTChallenge sequences under DATA/split; DataError when there are none."""
-    from vistra.tracking.mot_io import find_sequences
+def sequences_of(data_root: str | os.PathLike, split: str, class_map: Mapping[str, str] | str | None = None,
+                 skip_bad: bool = False) -> list:
+    """The sequences (vistra.tracking.datasets.TrackingSequence) under DATA/split, in any tracking format."""
+    from vistra.tracking.datasets import open_sequences
 
     folder = Path(data_root) / split
     if not folder.is_dir():
-        raise DataError(folder, f"no {split} folder of MOTChallenge sequences")
-    found = find_sequences(folder)
-    if not found:
-        raise DataError(folder, "holds no MOTChallenge sequence (<seq>/seqinfo.ini with img1/ and gt/gt.txt)")
-    return found
+        raise DataError(folder, f"no {split} folder of tracking sequences (MOTChallenge, KITTI or UA-DETRAC)")
+    return open_sequences(folder, class_map=class_map, skip_bad=skip_bad)
 
 
 def dataset_classes(data_root: str | os.PathLike, recipe: TrackRecipe) -> dict[int, str] | None:
-    """{gt class id: name} of a multi-class dataset (classes.txt in DATA/<train_split> or DATA), or None: then the
-    data is MOTChallenge pedestrians (MOT17's rule: class 1, considered rows) tracked as one class."""
+    """{gt class id: name} of a multi-class dataset (KITTI, UA-DETRAC, or classes.txt in DATA/<train_split> or
+    DATA), or None: then the data is MOTChallenge pedestrians (MOT17's rule: class 1, considered rows) tracked as
+    one class."""
+    from vistra.tracking.datasets import ClassTable, class_names, detect_format, parse_class_map
     from vistra.tracking.mot_io import read_class_names
 
-    return read_class_names(Path(data_root) / recipe.train_split) or read_class_names(data_root)
+    folder = Path(data_root) / recipe.train_split
+    format = detect_format(folder) if folder.is_dir() else "mot"
+    if format != "mot":
+        return class_names(format, recipe.class_map)
+    names = read_class_names(folder) or read_class_names(data_root)
+    return ClassTable("mot", parse_class_map(recipe.class_map), names).names if names and recipe.class_map else names
+
+
+def tracked_classes(names: dict[int, str] | None, wanted: Sequence[str] | None,
+                    sequences: Sequence[Any]) -> dict[int, str] | None:
+    """The classes a multi-class run tracks: those named in `wanted` (case-insensitive; ValueError listing the
+    dataset's classes for others), else those with boxes in the training sequences. None stays None."""
+    if names is None:
+        return None
+    if wanted:
+        by_name = {n.lower(): cid for cid, n in names.items()}
+        unknown = [w for w in wanted if w.lower() not in by_name]
+        if unknown:
+            raise ValueError(f"classes {unknown} are not in the dataset; its classes: {', '.join(names.values())}")
+        return {by_name[w.lower()]: names[by_name[w.lower()]] for w in wanted}
+    present = {int(c) for seq in sequences for c in np.unique(seq.gt.select(seq.gt.scores != 0).classes)}
+    return {cid: name for cid, name in names.items() if cid in present} or names
 
 
 def heatmap_classes(names: dict[int, str] | None, recipe: TrackRecipe) -> tuple[list[str], list[int] | None]:
@@ -106,7 +140,7 @@ def heatmap_classes(names: dict[int, str] | None, recipe: TrackRecipe) -> tuple[
     return [names[i] for i in ids], ids
 
 
-def build_pairs(sequences: Sequence[Path], recipe: TrackRecipe, class_ids: list[int] | None, multi_class: bool,
+def build_pairs(sequences: Sequence[Any], recipe: TrackRecipe, class_ids: list[int] | None, multi_class: bool,
                 train: bool):
     """FramePairDataset over `sequences` with the recipe's pair transform; gt class ids become heatmap channels
     (class_ids[k] -> k; every class -> 0 when class_ids is None)."""
@@ -120,7 +154,7 @@ def build_pairs(sequences: Sequence[Path], recipe: TrackRecipe, class_ids: list[
         transform = PairTransform(geometric)
     else:
         transform = build_pair_transform(train=False, eval_size=recipe.eval_size, max_size=recipe.eval_max_size)
-    classes = None if multi_class else MOT17_PEDESTRIANS.classes
+    classes = (tuple(class_ids) if class_ids else None) if multi_class else MOT17_PEDESTRIANS.classes
     gt_filter = GtFilter(classes=classes, min_visibility=recipe.min_visibility)
     mapping = {cid: k for k, cid in enumerate(class_ids)} if class_ids else _AgnosticMap()
     return FramePairDataset(sequences, transform, max_gap=recipe.max_gap, gt_filter=gt_filter, label_map=mapping,
@@ -188,18 +222,23 @@ def train_track(model_name: str, data_root: str | os.PathLike, out_dir: str | os
     from vistra.trained import final_weights, save_trained
 
     recipe, train_values = resolve_config(overrides)
-    found = dataset_classes(data_root, recipe)
+    train_seqs = sequences_of(data_root, recipe.train_split, recipe.class_map, recipe.skip_bad)
+    found = tracked_classes(dataset_classes(data_root, recipe), recipe.classes, train_seqs)
     names, class_ids = heatmap_classes(found, recipe)
-    train_set = build_pairs(sequences_of(data_root, recipe.train_split), recipe, class_ids, bool(found), train=True)
+    train_set = build_pairs(train_seqs, recipe, class_ids, bool(found), train=True)
     model_kwargs = {**recipe.model_kwargs, "num_classes": len(names)}
     model = vistra.create_model(model_name, **model_kwargs)
+    backbone_weights = fine_tune_from(model, recipe.backbone_weights)
     cfg = TrainConfig.from_dict({**TRACK_TRAIN_DEFAULTS, **train_values, "out_dir": str(out_dir)})
-    groups = build_param_groups(model, cfg.weight_decay, {"backbone": recipe.lr_backbone_mult})
+    prefix, body = find_backbone(model)
+    groups = build_param_groups(model, cfg.weight_decay,
+                                backbone_lr_scales(body, prefix, recipe.lr_backbone_mult, recipe.layer_decay))
     trainer = Trainer(model, cfg, train_set, partial(track_step, num_classes=len(names)),
                       collate_fn=collate_pairs, param_groups=groups)
     history = trainer.fit(resume=resume)
     info = {"task": "track", "model_name": model_name, "model_kwargs": model_kwargs, "classes": names,
-            "class_ids": class_ids, "multi_class": bool(found), "recipe": dataclasses.asdict(recipe)}
+            "class_ids": class_ids, "multi_class": bool(found), "recipe": dataclasses.asdict(recipe),
+            "backbone_weights": backbone_weights}
     model.load_state_dict(final_weights(trainer))
     weights = save_trained(model, out_dir, info) if trainer.dist.is_main else None
     metrics: dict[str, Any] = {}
@@ -216,16 +255,21 @@ def track_and_score(model: nn.Module, info: Mapping[str, Any], gt_root: str | os
     model was trained so) -> the combined headline metrics."""
     from vistra.tracking.by_detection import track_to_folder
     from vistra.tracking.by_model import CenterTracking
+    from vistra.tracking.datasets import open_sequences
     from vistra.tracking.evaluate import evaluate_tracking
-    from vistra.tracking.mot_io import find_sequences
 
     threshold = 0.05 if tracker is None else min(tracker.match_score, tracker.new_track_score)
     tracker_model = CenterTracking(model, info, score_threshold=threshold)
     names = dict(zip(info.get("class_ids") or [1], info["classes"]))
-    for seq in find_sequences(gt_root):
-        track_to_folder(seq, tracker_model, out_dir, tracker, class_names=names, render=render, progress=progress)
+    class_map = info.get("recipe", {}).get("class_map")
+    for seq in open_sequences(gt_root, class_map=class_map):
+        if seq.folder is None:
+            raise DataError(seq.source, f"sequence {seq.name} has no frame images to track")
+        track_to_folder(seq.folder, tracker_model, out_dir, tracker, class_names=names, render=render,
+                        progress=progress)
     agnostic = bool(info.get("multi_class")) and not info.get("class_ids")
-    report = evaluate_tracking(gt_root, out_dir, class_agnostic=agnostic,
+    classes = list(info["classes"]) if info.get("class_ids") else None  # the classes the model tracks
+    report = evaluate_tracking(gt_root, out_dir, class_agnostic=agnostic, class_map=class_map, classes=classes,
                                out_json=Path(out_dir) / "track_metrics.json")
     combined = report["combined"]
     key = "class_averaged" if "class_averaged" in combined else next(iter(combined))

@@ -1,6 +1,7 @@
 """Online multi-object tracking: associate each frame's detections with the existing tracks.
 
 Per frame (`Tracker.update`):
+Scores are compared with the config's match_score / new_track_score, or its class_scores for that class.
 1. Tracks seen in the previous frame are matched to the confident detections (score >= match_score) by the
    Hungarian algorithm on a gated cost, then the tracks lost for 1..max_age frames get a chance at the
    detections still unmatched (so an object hidden for a few frames comes back with its old ID).
@@ -104,7 +105,7 @@ class Tracker:
         """Associate one frame's detections; returns the tracks present in this frame, sorted by ID."""
         cfg = self.config
         self.frame += 1
-        dets = detections.select(detections.scores >= cfg.match_score)
+        dets = detections.select(detections.scores >= cfg.scores_for(detections.labels)[0])
         unmatched = np.arange(len(dets))
         recent = [t for t in self.tracks if t.lost == 0]
         lost = [t for t in self.tracks if t.lost > 0]
@@ -118,8 +119,9 @@ class Tracker:
         for track in self.tracks:
             track.lost = 0 if track.track_id in matched else track.lost + 1
         self.tracks = [t for t in self.tracks if t.lost <= cfg.max_age]
+        new_track_score = cfg.scores_for(dets.labels)[1]  # (D,)
         for index in unmatched:
-            if dets.scores[index] >= cfg.new_track_score:
+            if dets.scores[index] >= new_track_score[index]:
                 self.tracks.append(Track(self.next_id, dets.boxes[index].copy(), int(dets.labels[index]),
                                          float(dets.scores[index])))
                 self.next_id += 1

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vistra.detection.deformable_transformer import encoder_reference_points, valid_ratio
+from vistra.detection.deformable_transformer import encoder_reference_points, ffn_residual, valid_ratio
 from vistra.layers.deform_attn import MSDeformAttn
 from vistra.layers.position2d import sine_position_2d
 from vistra.registry import get_builder, register_model
@@ -82,8 +82,7 @@ class DenseQueryDecoderLayer(nn.Module):
         """tgt, query_pos (B, Q, d), reference_points (B, Q, L, 2), memory (B, S, d) -> (B, Q, d)."""
         cross = self.cross_attn(tgt + query_pos, reference_points, memory, shapes, padding)
         tgt = self.norm1(tgt + self.dropout1(cross))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(tgt))))
-        return self.norm2(tgt + self.dropout3(ffn))
+        return self.norm2(ffn_residual(self, tgt, self.dropout2, self.dropout3))
 
 
 def _head(in_ch: int, mid: int, out_ch: int, bias: float = 0.0) -> nn.Sequential:
@@ -239,3 +238,19 @@ def transcenter_pvt_v2_b0(**kwargs: Any) -> TransCenter:
 def transcenter_pvt_v2_b2(**kwargs: Any) -> TransCenter:
     """TransCenter V2 on PVTv2-b2."""
     return get_builder("transcenter")(**{"backbone": "pvt_v2_b2", **kwargs})
+
+
+# Sizes of the released TransCenter V2 / TransCenter-Lite models (official args: dec_n_points 9, 6 / 4 decoder
+# layers, decoder FFN 1024 / 512): the models their checkpoints convert into, in part (checkpoints/
+# convert_transcenter.py; README, Tracking).
+@register_model
+def transcenter_v2_pvt_v2_b2(**kwargs: Any) -> TransCenter:
+    """TransCenter on PVTv2-b2 with the released TransCenter V2 decoder sizes (9 sampling points)."""
+    return get_builder("transcenter")(**{"backbone": "pvt_v2_b2", "n_points": 9, **kwargs})
+
+
+@register_model
+def transcenter_lite_pvt_v2_b0(**kwargs: Any) -> TransCenter:
+    """TransCenter on PVTv2-b0 with the released TransCenter-Lite decoder sizes (4 layers, FFN 512, 9 points)."""
+    return get_builder("transcenter")(**{"backbone": "pvt_v2_b0", "n_points": 9, "dec_layers": 4,
+                                         "dim_feedforward": 512, **kwargs})

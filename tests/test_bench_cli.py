@@ -1,0 +1,60 @@
+"""`vistra bench`: runs the installed benchmarks end to end, prints their tables, writes their results, and works
+without timm / transformers (vistra timed alone, with a note)."""
+import json
+import sys
+
+import pytest
+import torch
+
+from vistra.bench import BENCHMARKS, backbones, detection
+from vistra.cli import main
+
+
+def test_bench_quick_runs_two_benchmarks_prints_their_tables_and_writes_results(tmp_path, capsys):
+    assert main(["bench", "--quick", "segmentation", "tracking", "--threads", "1", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== segmentation: " in out and "== tracking: " in out
+    assert "| model (128x128, batch 1) | params (M) | GFLOP/img | img/s |" in out
+    assert "| tiny 64x96 |" in out
+    segmentation = json.loads((tmp_path / "segmentation.json").read_text())
+    assert segmentation["settings"]["quick"] and segmentation["machine"]["threads"] == 1
+    assert segmentation["rows"][0]["img_s"] > 0
+    tracking = json.loads((tmp_path / "tracking.json").read_text())
+    assert tracking["rows"][0]["fps"] > 0 and tracking["machine"]["device"] == "cpu"
+
+
+def test_bench_refuses_unknown_names_and_unavailable_devices_before_running_anything(tmp_path, capsys):
+    assert main(["bench", "segmentation", "nonsense", "--out", str(tmp_path)]) == 2
+    assert "unknown benchmark(s) nonsense; choose from " + ", ".join(BENCHMARKS) in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--quick", "segmentation", "--device", "cuda", "--out", str(tmp_path)]) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_backbones_without_timm_times_vistra_alone_with_a_note(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
+    result = backbones.run(["--quick", "--models", "pvt_v2_b0", "--threads", "1", "--quiet", "--no-save"])
+    (row,) = result["rows"]
+    assert row["vistra_img_s"] > 0 and row["timm_img_s"] is None and row["ratio"] is None
+    assert result["table"].splitlines()[2].startswith("| pvt_v2_b0 | 1 |") and "| n/a | n/a |" in result["table"]
+    assert result["notes"] == [backbones.NO_TIMM] and backbones.NO_TIMM in backbones.summary(result)
+
+
+def test_detection_without_transformers_times_vistra_alone_with_a_note(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    result = detection.run(["--quick", "--size", "64", "96", "--batches", "1", "--rounds", "1", "--threads", "1",
+                            "--matcher", "2", "10", "4", "--quiet", "--no-save"])
+    assert [r["kind"] for r in result["rows"]] == ["inference", "train_step", "matcher"]
+    assert all(r["vistra_s"] > 0 and r["transformers_s"] is None and r["speedup"] is None for r in result["rows"])
+    assert result["machine"]["transformers"] is None and result["notes"] == [detection.NO_TRANSFORMERS]
+    assert result["table"].splitlines()[2] == (
+        f"| inference 64x96, batch 1 | {detection._fmt(result['rows'][0]['vistra_s'])} | n/a | n/a |  |")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bench_quick_on_cuda(tmp_path, capsys):
+    assert main(["bench", "--quick", "segmentation", "backbones", "--device", "cuda", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "backbones.json").read_text())
+    assert result["machine"]["device"] == "cuda" and result["machine"]["gpu"]
+    assert all(r["vistra_img_s"] > 0 for r in result["rows"])
