@@ -18,8 +18,6 @@ argparse.Namespace from parse_args, a list of command-line strings, or None for 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -34,13 +32,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 from vistra.bench.common import (
     RESULTS_DIR,
     add_device_arg,
-    cpu_name,
-    device_info,
     loadavg,
-    now,
-    optional_version,
+    log,
+    machine_info,
     resolve_device,
-    synchronize,
+    timed,
 )
 
 MODELS = ("vit_small_patch16_224", "vit_base_patch16_224", "pvt_v2_b0", "pvt_v2_b2")
@@ -111,19 +107,9 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- timing
-def _timed(fn: Callable[[], object], iters: int, device: torch.device = torch.device("cpu")) -> float:
-    """Seconds per call of fn over iters calls (the device's queued work included)."""
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    synchronize(device)
-    return (time.perf_counter() - start) / iters
-
-
 def _iters_for(fn: Callable[[], object], min_time: float, device: torch.device = torch.device("cpu")) -> int:
     """How many calls of fn last at least min_time (fn is called once to find out)."""
-    once = _timed(fn, 1, device)
+    once = timed(fn, device, 1)
     return max(1, int(min_time / max(once, 1e-9) + 0.999))
 
 
@@ -160,9 +146,9 @@ def matmul_throughput(s: dict) -> dict:
     cases = []
     for label, m, k, n in _matmul_cases(s["quick"]):
         fn, flops = _matmul_fn(m, k, n, device)
-        _timed(fn, 3, device)
+        timed(fn, device, 3)
         iters = _iters_for(fn, max(s["min_time_s"], 0.0), device)
-        runs = [flops / _timed(fn, iters, device) / 1e9 for _ in range(max(3, s["rounds"]) if not s["quick"] else 1)]
+        runs = [flops / timed(fn, device, iters) / 1e9 for _ in range(max(3, s["rounds"]) if not s["quick"] else 1)]
         cases.append({"case": label, "m": m, "k": k, "n": n, "gflops": statistics.median(runs)})
     best = max(cases, key=lambda c: c["gflops"])
     return {"cases": cases, "best_case": best["case"], "best_gflops": best["gflops"]}
@@ -190,8 +176,8 @@ def bench_row(name: str, batch: int, pair: tuple[nn.Module, nn.Module | None], f
         per_round = []
         for r in range(s["rounds"]):
             order = [impl for impl in (("vistra", "timm") if r % 2 == 0 else ("timm", "vistra")) if impl in fns]
-            secs = {impl: _timed(fns[impl], iters, device) for impl in order}
-            mm_gflops = mm_flops / _timed(mm_fn, mm_iters, device) / 1e9
+            secs = {impl: timed(fns[impl], device, iters) for impl in order}
+            mm_gflops = mm_flops / timed(mm_fn, device, mm_iters) / 1e9
             per_round.append({**{impl: batch / t for impl, t in secs.items()}, "mm_gflops": mm_gflops})
     med = lambda key: statistics.median(p[key] for p in per_round)  # noqa: E731
     compared = theirs is not None
@@ -214,26 +200,6 @@ def bench_row(name: str, batch: int, pair: tuple[nn.Module, nn.Module | None], f
 
 
 # ----------------------------------------------------------------------------------------------- report
-def _log(message: str, s: dict) -> None:
-    if s["verbose"]:
-        print(message, file=sys.stderr, flush=True)
-
-
-def machine_info(threads: int, device: torch.device = torch.device("cpu")) -> dict:
-    return {
-        "date": now(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": threads,
-        **device_info(device),
-        "torch": torch.__version__,
-        "timm": optional_version("timm"),
-        "python": platform.python_version(),
-        "loadavg_start": loadavg(),
-    }
-
-
 def _num(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
@@ -278,11 +244,11 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(s["threads"])
     try:
-        info = machine_info(s["threads"], device)
+        info = machine_info(s["threads"], device, packages=("timm",), cpu_capability=True)
         notes = [] if info["timm"] else [NO_TIMM]
         started = time.perf_counter()
         matmul = matmul_throughput(s)
-        _log(f"matmul: best {matmul['best_gflops']:.1f} GFLOP/s ({matmul['best_case']})", s)
+        log(f"matmul: best {matmul['best_gflops']:.1f} GFLOP/s ({matmul['best_case']})", s)
         ref_case = next(c for c in matmul["cases"] if c["case"] == matmul["best_case"])
         rows = []
         for name in s["models"]:
@@ -292,7 +258,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
             for batch in s["batches"]:
                 rows.append(bench_row(name, batch, pair, flops, ref_case, s))
                 r = rows[-1]
-                _log(f"{name} batch {batch}: vistra {r['vistra_img_s']:.2f} img/s, timm "
+                log(f"{name} batch {batch}: vistra {r['vistra_img_s']:.2f} img/s, timm "
                      f"{_num(r['timm_img_s'], '.2f')} img/s, ratio {_num(r['ratio'], '.3f')}", s)
             del pair
         info["loadavg_end"] = loadavg()

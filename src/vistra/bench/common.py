@@ -5,6 +5,9 @@ import argparse
 import datetime
 import os
 import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -65,3 +68,32 @@ def optional_version(package: str) -> str | None:
     except ImportError:
         return None
     return getattr(module, "__version__", "unknown")
+
+
+def timed(fn: Callable[[], object], device: torch.device = torch.device("cpu"), iters: int = 1) -> float:
+    """Seconds per call of fn over `iters` calls, the device's queued work included."""
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / iters
+
+
+def machine_info(threads: int, device: torch.device = torch.device("cpu"), packages: Sequence[str] = (),
+                 cpu_capability: bool = False) -> dict:
+    """What the results were measured on: date, CPU, threads, device, torch and Python versions, the versions of
+    `packages` (the reference libraries compared with; None when missing), the load average at the start."""
+    info = {"date": now(), "cpu": cpu_name(), "cpu_count": os.cpu_count()}
+    if cpu_capability:
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    info.update({"threads": threads, **device_info(device), "torch": torch.__version__,
+                 **{p: optional_version(p) for p in packages}, "python": platform.python_version(),
+                 "loadavg_start": loadavg()})
+    return info
+
+
+def log(message: str, settings: dict) -> None:
+    """A progress line on stderr when the run's settings ask for verbose output."""
+    if settings["verbose"]:
+        print(message, file=sys.stderr, flush=True)

@@ -21,8 +21,6 @@ argparse.Namespace from parse_args, a list of command-line strings, or None for 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -35,13 +33,11 @@ from torch import nn
 from vistra.bench.common import (
     RESULTS_DIR,
     add_device_arg,
-    cpu_name,
-    device_info,
     loadavg,
-    now,
-    optional_version,
+    log,
+    machine_info,
     resolve_device,
-    synchronize,
+    timed,
 )
 
 DEFAULT_OUT = RESULTS_DIR / "detection.json"
@@ -188,14 +184,6 @@ def _matcher_fns(case: Sequence[int], compare: bool, device: torch.device | str 
 
 
 # ---------------------------------------------------------------------------------------------- timing
-def _timed(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def time_pair(fns: dict[str, Callable], rounds: int, repeat: int = 1, grad: bool = False,
               device: torch.device = torch.device("cpu")) -> dict:
     """Median seconds per call of each implementation over rounds that alternate the order (one warmup call
@@ -208,7 +196,7 @@ def time_pair(fns: dict[str, Callable], rounds: int, repeat: int = 1, grad: bool
         per_round = []
         for r in range(rounds):
             order = [i for i in (("vistra", "transformers") if r % 2 == 0 else ("transformers", "vistra")) if i in fns]
-            per_round.append({impl: sum(_timed(fns[impl], device) for _ in range(repeat)) / repeat for impl in order})
+            per_round.append({impl: sum(timed(fns[impl], device) for _ in range(repeat)) / repeat for impl in order})
     compared = "transformers" in fns
     return {"vistra_s": statistics.median(p["vistra"] for p in per_round),
             "transformers_s": statistics.median(p["transformers"] for p in per_round) if compared else None,
@@ -217,12 +205,6 @@ def time_pair(fns: dict[str, Callable], rounds: int, repeat: int = 1, grad: bool
 
 
 # ---------------------------------------------------------------------------------------------- report
-def machine_info(threads: int, device: torch.device = torch.device("cpu")) -> dict:
-    return {"date": now(), "cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": threads, **device_info(device),
-            "torch": torch.__version__, "transformers": optional_version("transformers"),
-            "python": platform.python_version(), "loadavg_start": loadavg()}
-
-
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| case | vistra | transformers | speedup | goal |", "|---|---:|---:|---:|---|"]
     for r in rows:
@@ -239,11 +221,6 @@ def _fmt(seconds: float) -> str:
     return f"{seconds:.2f} s" if seconds >= 1 else f"{1000 * seconds:.1f} ms"
 
 
-def _log(message: str, s: dict) -> None:
-    if s["verbose"]:
-        print(message, file=sys.stderr, flush=True)
-
-
 def _speedup(row: dict) -> str:
     return "n/a" if row["speedup"] is None else f"{row['speedup']:.2f}x"
 
@@ -257,7 +234,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(s["threads"])
     try:
-        info = machine_info(s["threads"], device)
+        info = machine_info(s["threads"], device, packages=("transformers",))
         notes = [] if info["transformers"] else [NO_TRANSFORMERS]
         started = time.perf_counter()
         pair = build_pair(s["quick"], device)
@@ -269,7 +246,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
             fns, diff = _inference_fns(pair, x)
             rows.append({"case": f"inference {height}x{width}, batch {batch}", "kind": "inference", "batch": batch,
                          "max_abs_diff": diff, **time_pair(fns, s["rounds"], device=device)})
-            _log(f"{rows[-1]['case']}: speedup {_speedup(rows[-1])} (outputs differ by {diff})", s)
+            log(f"{rows[-1]['case']}: speedup {_speedup(rows[-1])} (outputs differ by {diff})", s)
         for model in pair:
             if model is not None:
                 model.train()
@@ -278,12 +255,12 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
         rows.append({"case": f"training step {height}x{width}, batch {s['train_batch']} (fwd + match + loss + bwd)",
                      "kind": "train_step", "batch": s["train_batch"],
                      **time_pair(fns, s["rounds"], grad=True, device=device)})
-        _log(f"{rows[-1]['case']}: speedup {_speedup(rows[-1])}", s)
+        log(f"{rows[-1]['case']}: speedup {_speedup(rows[-1])}", s)
         b, q, t = s["matcher"]
         matcher = _matcher_fns(s["matcher"], compare=pair[1] is not None, device=device)
         rows.append({"case": f"Hungarian matcher, {b} x {q} queries x {t} targets", "kind": "matcher", "batch": b,
                      **time_pair(matcher, max(s["rounds"], 3), repeat=1 if s["quick"] else 5, device=device)})
-        _log(f"{rows[-1]['case']}: speedup {_speedup(rows[-1])}", s)
+        log(f"{rows[-1]['case']}: speedup {_speedup(rows[-1])}", s)
         info["trainable_parameters"] = {name: sum(p.numel() for p in m.parameters() if p.requires_grad)
                                         for name, m in zip(("vistra", "transformers"), pair) if m is not None}
         info["loadavg_end"] = loadavg()

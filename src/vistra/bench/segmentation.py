@@ -17,8 +17,6 @@ argparse.Namespace from parse_args, a list of command-line strings, or None for 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -32,12 +30,11 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 from vistra.bench.common import (
     RESULTS_DIR,
     add_device_arg,
-    cpu_name,
-    device_info,
     loadavg,
-    now,
+    log,
+    machine_info,
     resolve_device,
-    synchronize,
+    timed,
 )
 
 MODELS = ("seg_vit_small_patch16_linear", "seg_vit_small_patch16_pup", "semfpn_pvt_v2_b0", "semfpn_pvt_v2_b2")
@@ -95,14 +92,6 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def _timed(fn: Callable[[], object], device: torch.device = torch.device("cpu")) -> float:
-    synchronize(device)
-    start = time.perf_counter()
-    fn()
-    synchronize(device)
-    return time.perf_counter() - start
-
-
 def _summary(name: str, model: nn.Module, flops: dict, out_shape: tuple, rounds: list[dict], s: dict) -> dict:
     """One table row from the per-round timings of a preset."""
     model_s = statistics.median(r["model_s"] for r in rounds)
@@ -139,24 +128,11 @@ def bench_rows(s: dict) -> list[dict]:
         names = list(models)
         for r in range(s["rounds"]):
             for name in names[r % len(names):] + names[: r % len(names)]:
-                secs = {k: _timed(fn, device) for k, fn in fns[name].items()}
+                secs = {k: timed(fn, device) for k, fn in fns[name].items()}
                 rounds[name].append({"model_s": secs["model"], "backbone_s": secs["backbone"],
                                      "head_share": max(0.0, 1 - secs["backbone"] / secs["model"])})
-            _log(f"round {r + 1}/{s['rounds']} done", s)
+            log(f"round {r + 1}/{s['rounds']} done", s)
     return [_summary(name, models[name], flops[name], shapes[name], rounds[name], s) for name in models]
-
-
-def machine_info(threads: int, device: torch.device = torch.device("cpu")) -> dict:
-    return {
-        "date": now(),
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        **device_info(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "loadavg_start": loadavg(),
-    }
 
 
 def markdown_table(rows: list[dict], size: int, batch: int) -> str:
@@ -169,11 +145,6 @@ def markdown_table(rows: list[dict], size: int, batch: int) -> str:
         lines.append(f"| {r['model']} | {r['params_m']:.1f} | {r['gflops_per_img']:.1f} | {r['img_s']:.2f} "
                      f"| {r['ms_per_img']:.0f} | {r['backbone_img_s']:.2f} | {100 * r['head_share']:.0f}% |")
     return "\n".join(lines)
-
-
-def _log(message: str, s: dict) -> None:
-    if s["verbose"]:
-        print(message, file=sys.stderr, flush=True)
 
 
 def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
@@ -190,7 +161,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
         started = time.perf_counter()
         rows = bench_rows(s)
         for r in rows:
-            _log(f"{r['model']}: {r['img_s']:.2f} img/s ({r['ms_per_img']:.0f} ms), backbone "
+            log(f"{r['model']}: {r['img_s']:.2f} img/s ({r['ms_per_img']:.0f} ms), backbone "
                  f"{r['backbone_img_s']:.2f} img/s, head {100 * r['head_share']:.0f}% of the time", s)
         info["loadavg_end"] = loadavg()
         info["elapsed_s"] = time.perf_counter() - started
