@@ -1,11 +1,15 @@
-"""The detection section of `vistra demo`, on a tiny dataset and model (its plumbing, not its AP)."""
+"""The detection section of `vistra demo`, on a tiny dataset and model (its plumbing, not its AP): Deformable DETR
+whose backbone starts from the segmentation section's model."""
 import json
 
+import pytest
 import torch
 from PIL import Image
 
+import vistra
 from vistra.demo import DemoContext
 from vistra.detection import demo_section
+from vistra.trained import save_trained
 
 
 def test_detection_section_trains_scores_and_draws(tmp_path, monkeypatch):
@@ -17,6 +21,11 @@ def test_detection_section_trains_scores_and_draws(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_section, "DEMO_SETTINGS", {**demo_section.DEMO_SETTINGS, **tiny})
     ctx = DemoContext(tmp_path, epochs=1)
     ctx.report.mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="segmentation section's model is needed"):
+        demo_section.detection_section(ctx)
+    torch.manual_seed(0)
+    segmenter = vistra.create_model("semfpn_pvt_v2_digits")
+    save_trained(segmenter, ctx.runs / "segment", {"task": "segment", "model_name": "semfpn_pvt_v2_digits"})
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -35,3 +44,8 @@ def test_detection_section_trains_scores_and_draws(tmp_path, monkeypatch):
     sheet = Image.open(ctx.report / "det_predictions.png")
     assert sheet.height == 2 * max(Image.open(p).height for p in sorted((ctx.data / "digits-det" / "val").glob("*.png")))
     assert (ctx.runs / "detect" / "model.safetensors").is_file()
+    state = vistra.trained.read_trained(ctx.runs / "detect")[0]  # the backbone came from the segmenter (lr 1e-4:
+    seg = segmenter.state_dict()                                   # one small step away after one epoch)
+    key = "backbone.body.patch_embed1.proj.weight"
+    assert torch.allclose(state[key], seg["backbone.model.patch_embed1.proj.weight"], atol=5e-3)
+    assert m["backbone_weights"] == str(ctx.runs / "segment")

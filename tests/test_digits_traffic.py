@@ -42,6 +42,29 @@ def test_writes_kitti_tracking_roots_the_format_layer_reads(traffic):
     assert (out / "README.txt").read_text().startswith("vistra digits-traffic dataset")
 
 
+def test_frame_pairs_carry_dontcare_regions_through_the_augmentation(traffic):
+    """Training pairs hold each frame's DontCare strip as "ignore_boxes", moved by the same flip and resize as
+    the image; collate_pairs hands them to the loss targets."""
+    import torch
+
+    from vistra.data.frame_pairs import FramePairDataset, build_pair_transform
+    from vistra.tracking.recipe import collate_pairs
+
+    out, _ = traffic
+    (seq,) = open_sequences(out / "val")
+    (left, top, w, h), = seq.ignore_regions(3)
+    plain = FramePairDataset([seq], build_pair_transform(train=False, eval_size=72, max_size=None), max_gap=1)
+    _, prev_target, _, target = plain[1]  # frames 2 and 3
+    assert target["ignore_boxes"].tolist() == [[left, top, left + w, top + h]]
+    assert prev_target["ignore_boxes"].tolist() == [[left, top, left + w, top + h]]
+    flipped = FramePairDataset([seq], build_pair_transform(scales=[144], max_size=None, hflip=1.0), max_gap=1)
+    sample = flipped[1]
+    (box,) = sample[3]["ignore_boxes"].tolist()  # mirrored, then doubled (72 -> 144 rows)
+    assert box == pytest.approx([2 * (96 - left - w), 2 * top, 2 * (96 - left), 2 * (top + h)])
+    batch = collate_pairs([sample, plain[1]])
+    assert torch.equal(batch[4][0]["ignore_boxes"], sample[3]["ignore_boxes"])
+
+
 def test_same_seed_same_data_and_foreign_folders_are_refused(traffic, tmp_path):
     out, _ = traffic
     again = make_digits_traffic(tmp_path / "again", n_train=2, n_val=1, length=8, size=(96, 72),

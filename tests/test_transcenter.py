@@ -131,6 +131,37 @@ def test_targets_then_decode_round_trip():
     torch.testing.assert_close(res["prev_centers"][order][0], torch.tensor([20.0, 28.0]))  # prev box centre
 
 
+def test_ignored_regions_drop_the_background_loss_there_and_keep_centers():
+    """An ignore box (KITTI DontCare) zeroes hm_weight on every output cell it touches; confident peaks there
+    cost nothing, the same peaks outside do, and an object center inside still counts as a positive."""
+    gt = _gt()
+    gt[0]["ignore_boxes"] = torch.tensor([[0.0, 60.0, 30.0, 79.0], [2.0, 5.0, 3.0, 6.0]])  # cells y 15-19 x 0-7; (0, 1)
+    t = centernet.build_targets(gt, num_classes=2, out_size=(20, 20), stride=4)
+    expected = torch.ones(20, 20)
+    expected[15:20, 0:8] = 0
+    expected[1, 0] = 0
+    assert torch.equal(t["hm_weight"][0, 0], expected)
+    assert torch.equal(t["hm"], centernet.build_targets(_gt(), 2, (20, 20), 4)["hm"])  # targets unchanged
+    base = torch.full((1, 2, 20, 20), -6.0)
+    inside, outside = base.clone(), base.clone()
+    inside[0, :, 16, 3] = 6.0  # confident false peaks in the ignored region
+    outside[0, :, 5, 15] = 6.0  # ... and outside it
+    loss = lambda logits: centernet.focal_loss(logits, t["hm"], t["hm_weight"]).item()  # noqa: E731
+    assert loss(inside) == pytest.approx(loss(base), rel=1e-6)
+    assert loss(outside) > loss(base) + 1
+    assert centernet.focal_loss(inside, t["hm"]).item() > loss(base) + 1  # without the weight they would cost
+    # a center inside an ignored region keeps its positive term
+    covered = _gt()
+    covered[0]["ignore_boxes"] = covered[0]["boxes"][:1]
+    tc = centernet.build_targets(covered, 2, (20, 20), 4)
+    center = tc["index"][0, 0]
+    assert tc["hm_weight"][0, 0].flatten()[center] == 0 and tc["hm"][0, 0].flatten()[center] == 1
+    low = torch.full((1, 2, 20, 20), -6.0)
+    high = low.clone()
+    high[0, 0].view(-1)[center] = 6.0
+    assert centernet.focal_loss(low, tc["hm"], tc["hm_weight"]) > centernet.focal_loss(high, tc["hm"], tc["hm_weight"]) + 1
+
+
 def test_losses_are_zero_for_perfect_maps_and_positive_otherwise():
     t = centernet.build_targets(_gt(), num_classes=2, out_size=(20, 20), stride=4)
     idx = t["index"][0, :2]

@@ -56,9 +56,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vistra.demo import run_demo
+    from vistra.demo import default_jobs, run_demo
 
-    metrics = run_demo(args.out, epochs=args.epochs, only=args.only, threads=args.threads)
+    metrics = run_demo(args.out, epochs=args.epochs, only=args.only, threads=args.threads,
+                       jobs=args.jobs or default_jobs())
     missed = [f"{name} ({t['target']})" for name, t in metrics["targets"].items() if t["passed"] is False]
     if missed:
         print(f"vistra: demo missed its target in {', '.join(missed)}", file=sys.stderr)
@@ -121,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", metavar="SECTION", help="run only these sections, e.g. classification")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1: the small demo models "
                                                           "train fastest on one, even on a busy machine)")
+    p.add_argument("--jobs", type=int, help="sections trained at once, each in its own process (default 2, or 1 "
+                                            "on a single core)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -30,8 +30,12 @@ def add_config_args(p: argparse.ArgumentParser) -> None:
                         "--set train.compile_backend=aot_eager)")
 
 
-def add_backbone_weights_arg(p: argparse.ArgumentParser) -> None:
-    """--backbone-weights FILE: fine-tune from a pretrained backbone."""
+def add_fine_tune_args(p: argparse.ArgumentParser) -> None:
+    """--init-weights FILE (a whole trained model) and --backbone-weights FILE (a pretrained backbone)."""
+    p.add_argument("--init-weights", metavar="FILE",
+                   help="start from a trained model (vistra run folder or weights file, official DETR / Deformable "
+                        "DETR / TransCenter file): every tensor of matching name and shape loads, the rest (e.g. a "
+                        "classifier for other classes) starts fresh and is listed")
     p.add_argument("--backbone-weights", metavar="FILE",
                    help="ImageNet (or detector) checkpoint loaded into the backbone only, any supported format "
                         "(official PVT / PVTv2, timm, Hugging Face, torchvision); the heads start fresh")

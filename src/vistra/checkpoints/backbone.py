@@ -75,7 +75,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> Backbone
         raise CheckpointError(f"{path}: holds no tensors to load into a backbone")
     report = load_pretrained(backbone, state, strict=True, skip_mismatched_head=True,
                              source=f"{path} (loaded into {prefix})")
-    report.format = fmt
+    report.format = "vistra" if fmt == "unknown" else fmt  # unknown: names taken as they are
     missing = set(report.missing)
     loaded = [f"{prefix}.{k}" for k in backbone.state_dict() if k not in missing and not k.endswith(_SKIPPED)]
     top = prefix.split(".")[0]

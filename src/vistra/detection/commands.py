@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vistra.cli_common import CommandGroups, add_backbone_weights_arg, add_config_args, print_skipped
+from vistra.cli_common import CommandGroups, add_config_args, add_fine_tune_args, print_skipped
 
 DEFAULT_OUT = "runs/detect"
 
@@ -31,7 +31,7 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--skip-bad", action="store_true",
                    help="drop bad annotations and skip missing / unreadable images (counted) instead of stopping")
-    add_backbone_weights_arg(p)
+    add_fine_tune_args(p)
     p.set_defaults(func=train)
 
     p = groups.eval.add_parser("detect", help="COCO box AP (pycocotools) of a trained detector")
@@ -126,7 +126,7 @@ def train(args: argparse.Namespace) -> int:
     if args.data is None and (args.train_images is None or args.train_ann is None):
         raise ValueError("train detect needs --data ROOT, or --train-images DIR with --train-ann JSON")
     flags = {**_path_flags(args, ("train", "val")), "skip_bad": True if args.skip_bad else None,
-             "backbone_weights": args.backbone_weights}
+             "backbone_weights": args.backbone_weights, "init_weights": args.init_weights}
     settings = gather_settings(args.config, args.set, flags)
     if args.resume:
         settings = {**saved_settings(Path(args.out)), **settings}

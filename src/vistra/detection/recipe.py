@@ -27,6 +27,7 @@ from torch.utils.data import Subset
 
 from vistra.atomic_io import write_json_atomic
 from vistra.checkpoints.backbone import find_backbone, fine_tune_from
+from vistra.checkpoints.init_weights import start_from
 from vistra.data.batching import collate_detection
 from vistra.data.coco import CocoDetection, build_coco
 from vistra.data.det_transforms import (
@@ -65,6 +66,8 @@ class DetRecipe:
     eval_size / eval_max_size for evaluation and prediction).
     lr_backbone: absolute lr of the backbone (default: lr / 10, the official 1e-5 and 2e-5);
     lr_linear_proj_mult: lr multiplier of `*sampling_offsets*` / `*reference_points*` (Deformable DETR).
+    init_weights: a trained model (vistra run folder or file, official / Hugging Face detector) to start from:
+    tensors of matching name and shape load, the rest (a class_embed for other classes) starts fresh.
     backbone_weights: an ImageNet (or detector) checkpoint loaded into the backbone before training (any
     supported format; the heads start fresh); layer_decay < 1: layer-wise lr decay inside the backbone.
     model_kwargs (`model.<name>` keys): create_model options; criterion_kwargs (`criterion.<name>`):
@@ -91,6 +94,7 @@ class DetRecipe:
     eval_batch_size: int = 2
     lr_backbone: float | None = None
     lr_linear_proj_mult: float = 0.1
+    init_weights: str | None = None
     backbone_weights: str | None = None
     layer_decay: float = 1.0
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -272,6 +276,7 @@ def train_detect(model_name: str, data: str | os.PathLike | None, out_dir: str |
     cfg = train_config(model, train_values, out_dir)
     info = {"task": "detect", "model_name": model_name, "model_kwargs": model_kwargs, "num_classes": num_classes,
             "classes": {str(k): v for k, v in class_names(train_set).items()}, "recipe": dataclasses.asdict(recipe),
+            "init_weights": start_from(model, recipe.init_weights),
             "backbone_weights": fine_tune_from(model, recipe.backbone_weights)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

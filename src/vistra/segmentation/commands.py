@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from vistra.cli_common import CommandGroups, add_backbone_weights_arg, add_config_args
+from vistra.cli_common import CommandGroups, add_config_args, add_fine_tune_args
 
 
 def add_commands(groups: CommandGroups) -> None:
@@ -19,7 +19,7 @@ def add_commands(groups: CommandGroups) -> None:
     add_config_args(p)
     p.add_argument("--out", help="run folder (default runs/segment)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
-    add_backbone_weights_arg(p)
+    add_fine_tune_args(p)
     p.set_defaults(func=train)
 
     p = groups.eval.add_parser("segment", help="mIoU, per-class IoU and pixel accuracy on a mask dataset")
@@ -65,6 +65,8 @@ def train(args: argparse.Namespace) -> int:
     settings = read_settings(args.config, args.set)
     if args.backbone_weights:
         settings["backbone_weights"] = args.backbone_weights
+    if args.init_weights:
+        settings["init_weights"] = args.init_weights
     summary = train_segment(args.model, args.data, args.out or settings.pop("out_dir", None), settings, args.resume)
     metrics = summary["metrics"]
     score = f"val mIoU {100 * metrics['mIoU']:.2f}%, pixel accuracy {100 * metrics['pixel_acc']:.2f}%" \

@@ -31,13 +31,15 @@ class SegRecipe:
     scale / eval_scale: (long, short) edges the image is fitted into (eval_scale None: no resize at eval).
     eval_mode "whole" or "slide" (eval_crop default crop_size, eval_stride default 2/3 of it).
     head_lr_scale multiplies the learning rate of the head's parameters; layer_decay < 1: layer-wise lr decay
-    inside the backbone. backbone_weights: a checkpoint loaded into the backbone before training.
+    inside the backbone. backbone_weights: a checkpoint loaded into the backbone before training. init_weights:
+    a trained model to start from (tensors of matching name and shape load; the rest starts fresh).
     model_kwargs: options for the model builder (e.g. head channels); `model.<name>` keys in the settings.
     """
 
     num_classes: int | None = None
     img_size: int | None = None
     backbone_weights: str | None = None
+    init_weights: str | None = None
     layout: str = "auto"
     reduce_zero_label: bool = False
     train_split: str = "train"

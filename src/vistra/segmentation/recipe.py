@@ -19,6 +19,7 @@ from torch import nn
 
 from vistra.atomic_io import write_text_atomic
 from vistra.checkpoints.backbone import find_backbone, fine_tune_from
+from vistra.checkpoints.init_weights import start_from
 from vistra.data.seg_dataset import IGNORE_INDEX, SegmentationDataset, read_class_names
 from vistra.data.seg_transforms import build_seg_eval_transform, build_seg_train_transform
 from vistra.engine import Trainer, build_param_groups
@@ -91,6 +92,7 @@ def train_segment(model_name: str, data_root: str | os.PathLike, out_dir: str | 
     torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     classes = read_class_names(data_root)
     model, model_kwargs = build_model(model_name, recipe, classes)
+    init_weights = start_from(model, recipe.init_weights)
     backbone_weights = fine_tune_from(model, recipe.backbone_weights)
     num_classes = model.num_classes
     if classes and len(classes) != num_classes:
@@ -113,7 +115,7 @@ def train_segment(model_name: str, data_root: str | os.PathLike, out_dir: str | 
     trainer = Trainer(model, cfg, data[recipe.train_split], seg_step, eval_fn, param_groups=groups)
     history = trainer.fit(resume=resume)
     info = {"task": "segment", "model_name": model_name, "model_kwargs": model_kwargs, "classes": classes,
-            "recipe": recipe_dict(recipe), "backbone_weights": backbone_weights}
+            "recipe": recipe_dict(recipe), "init_weights": init_weights, "backbone_weights": backbone_weights}
     weights = save_trained(final_weights(trainer), out, info)
     evaluated = [r for r in history if "mIoU" in r]
     return {"history": history, "metrics": scalars(evaluated[-1]) if evaluated else {}, "weights": str(weights),

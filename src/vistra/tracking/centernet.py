@@ -47,13 +47,16 @@ def build_targets(targets: Sequence[dict], num_classes: int, out_size: tuple[int
     """Per-image ground truth -> dense training targets at the output stride.
 
     Each target: "boxes" (n, 4) xyxy in input pixels of frame t, "labels" (n,) int64 in [0, num_classes),
-    optionally "track_ids" (n,) and "prev_boxes" / "prev_track_ids" for frame t-1 (same pixel frame).
-    Returns hm (B, C, H, W), index (B, K) flat positions, mask (B, K), wh / reg / tracking (B, K, 2),
-    tracking_mask (B, K) (objects seen in both frames).
+    optionally "track_ids" (n,) and "prev_boxes" / "prev_track_ids" for frame t-1 (same pixel frame), and
+    "ignore_boxes" (k, 4) xyxy input pixels: regions (KITTI DontCare, UA-DETRAC ignored) whose unlabelled
+    objects must not be taught as background.
+    Returns hm (B, C, H, W), hm_weight (B, 1, H, W) (0 on the cells of ignored regions, else 1), index (B, K)
+    flat positions, mask (B, K), wh / reg / tracking (B, K, 2), tracking_mask (B, K) (objects seen in both frames).
     """
     H, W = out_size
     B = len(targets)
     hm = torch.zeros(B, num_classes, H, W)
+    hm_weight = torch.ones(B, 1, H, W)
     index = torch.zeros(B, max_objects, dtype=torch.int64)
     mask = torch.zeros(B, max_objects)
     wh = torch.zeros(B, max_objects, 2)
@@ -63,6 +66,9 @@ def build_targets(targets: Sequence[dict], num_classes: int, out_size: tuple[int
     for b, t in enumerate(targets):
         boxes = t["boxes"].float().cpu() / stride  # (n, 4) in output pixels
         labels = t["labels"].cpu()
+        for x1, y1, x2, y2 in (t["ignore_boxes"].float().cpu() / stride).tolist() if "ignore_boxes" in t else []:
+            # every output cell the region touches
+            hm_weight[b, 0, max(0, int(y1)):min(H, math.ceil(y2)), max(0, int(x1)):min(W, math.ceil(x2))] = 0
         prev = {}
         if "prev_boxes" in t and "track_ids" in t:
             pb = t["prev_boxes"].float().cpu() / stride
@@ -91,16 +97,18 @@ def build_targets(targets: Sequence[dict], num_classes: int, out_size: tuple[int
                     tracking[b, k] = torch.tensor([float(px) - ix, float(py) - iy])
                     tracking_mask[b, k] = 1
             k += 1
-    return {"hm": hm, "index": index, "mask": mask, "wh": wh, "reg": reg, "tracking": tracking,
+    return {"hm": hm, "hm_weight": hm_weight, "index": index, "mask": mask, "wh": wh, "reg": reg, "tracking": tracking,
             "tracking_mask": tracking_mask}
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """CenterNet's penalty-reduced pixel focal loss (alpha 2, beta 4), summed and divided by the number of
-    centers (at least 1). logits, target (B, C, H, W); target 1 at centers, Gaussian bumps around them."""
+    centers (at least 1). logits, target (B, C, H, W); target 1 at centers, Gaussian bumps around them.
+    weight (B, 1 or C, H, W): scales the background (negative) term per cell; 0 ignores a cell, as CenterTrack
+    does for ignored regions (centers there still count)."""
     p = torch.sigmoid(logits).clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
-    neg_weight = (1 - target).pow(4)
+    neg_weight = (1 - target).pow(4) if weight is None else (1 - target).pow(4) * weight
     pos_loss = torch.log(p) * (1 - p).pow(2) * pos
     neg_loss = torch.log(1 - p) * p.pow(2) * neg_weight * (1 - pos)
     num_pos = pos.sum().clamp(min=1)
@@ -126,7 +134,7 @@ def center_losses(outputs: dict[str, torch.Tensor], targets: dict[str, torch.Ten
     weights = weights or LOSS_WEIGHTS
     idx = targets["index"]
     losses = {
-        "hm": focal_loss(outputs["hm"], targets["hm"]),
+        "hm": focal_loss(outputs["hm"], targets["hm"], targets.get("hm_weight")),
         "wh": masked_l1(gather_at(outputs["wh"], idx), targets["wh"], targets["mask"]),
         "reg": masked_l1(gather_at(outputs["reg"], idx), targets["reg"], targets["mask"]),
     }

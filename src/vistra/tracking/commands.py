@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vistra.cli_common import CommandGroups, add_backbone_weights_arg, add_config_args, pct, print_skipped
+from vistra.cli_common import CommandGroups, add_config_args, add_fine_tune_args, pct, print_skipped
 
 DEFAULT_OUT = "runs/track"
 
@@ -34,7 +34,7 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--out", default="runs/train_track", help="run folder (default runs/train_track)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--skip-bad", action="store_true", help="drop malformed gt rows (counted) instead of stopping")
-    add_backbone_weights_arg(p)
+    add_fine_tune_args(p)
     p.set_defaults(func=train)
 
     p = groups.verbs.add_parser("track", help="track objects in a video / frame folder / MOTChallenge sequence with "
@@ -126,6 +126,7 @@ def train(args: argparse.Namespace) -> int:
 
     overrides = gather_settings(args.config, args.set, {"skip_bad": True if args.skip_bad else None,
                                                         "backbone_weights": args.backbone_weights,
+                                                        "init_weights": args.init_weights,
                                                         "class_map": args.class_map})
     result = train_track(args.model, args.data, args.out, overrides, resume=args.resume)
     m = result["metrics"]

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from vistra.checkpoints.backbone import find_backbone, fine_tune_from
+from vistra.checkpoints.init_weights import start_from
 from vistra.data.batching import collate_detection
 from vistra.data.errors import DataError
 from vistra.engine import TrainConfig, Trainer, build_param_groups
@@ -43,6 +44,8 @@ class TrackRecipe:
     max_gap: the earlier frame of a pair is 1..max_gap frames back.
     Augmentation: scales (shorter side), max_size, hflip; eval_size: shorter side when tracking.
     lr_backbone_mult: the backbone's lr relative to lr; layer_decay < 1: layer-wise lr decay inside it.
+    init_weights: a trained model (vistra run folder or file, official TransCenter file) to start from: tensors
+    of matching name and shape load, the rest (a heatmap head for other classes) starts fresh.
     backbone_weights: an ImageNet (or detector) checkpoint loaded into the backbone before training.
     """
 
@@ -58,6 +61,7 @@ class TrackRecipe:
     eval_max_size: int | None = 1088
     lr_backbone_mult: float = 0.1
     layer_decay: float = 1.0
+    init_weights: str | None = None
     backbone_weights: str | None = None
     skip_bad: bool = False
     class_map: str | dict[str, str] | None = None
@@ -177,8 +181,8 @@ def _pixel_xyxy(target: dict) -> torch.Tensor:
 
 def collate_pairs(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, list]:
     """[(prev image, prev target, image, target)] -> (images, masks, prev images, prev masks, targets) padded to a
-    multiple of 32; targets carry pixel xyxy "boxes", "labels", "track_ids" and the previous frame's
-    "prev_boxes" / "prev_track_ids", as vistra.tracking.centernet.build_targets expects."""
+    multiple of 32; targets carry pixel xyxy "boxes", "labels", "track_ids", "ignore_boxes" and the previous
+    frame's "prev_boxes" / "prev_track_ids", as vistra.tracking.centernet.build_targets expects."""
     prev_images, prev_masks, _ = collate_detection([(b[0], b[1]) for b in batch], size_divisibility=32)
     images, masks, _ = collate_detection([(b[2], b[3]) for b in batch], size_divisibility=32)
     if prev_images.shape != images.shape:  # both frames of a pair have one size; pad the batches alike
@@ -186,6 +190,7 @@ def collate_pairs(batch: Sequence[tuple]) -> tuple[torch.Tensor, torch.Tensor, t
         prev_images, prev_masks = _pad_to(prev_images, prev_masks, H, W)
         images, masks = _pad_to(images, masks, H, W)
     targets = [{"boxes": _pixel_xyxy(t), "labels": t["labels"], "track_ids": t["track_ids"],
+                "ignore_boxes": t.get("ignore_boxes", torch.zeros(0, 4)),
                 "prev_boxes": _pixel_xyxy(p), "prev_track_ids": p["track_ids"]} for p, t in
                ((b[1], b[3]) for b in batch)]
     return images, masks, prev_images, prev_masks, targets
@@ -228,6 +233,7 @@ def train_track(model_name: str, data_root: str | os.PathLike, out_dir: str | os
     train_set = build_pairs(train_seqs, recipe, class_ids, bool(found), train=True)
     model_kwargs = {**recipe.model_kwargs, "num_classes": len(names)}
     model = vistra.create_model(model_name, **model_kwargs)
+    init_weights = start_from(model, recipe.init_weights)
     backbone_weights = fine_tune_from(model, recipe.backbone_weights)
     cfg = TrainConfig.from_dict({**TRACK_TRAIN_DEFAULTS, **train_values, "out_dir": str(out_dir)})
     prefix, body = find_backbone(model)
@@ -238,7 +244,7 @@ def train_track(model_name: str, data_root: str | os.PathLike, out_dir: str | os
     history = trainer.fit(resume=resume)
     info = {"task": "track", "model_name": model_name, "model_kwargs": model_kwargs, "classes": names,
             "class_ids": class_ids, "multi_class": bool(found), "recipe": dataclasses.asdict(recipe),
-            "backbone_weights": backbone_weights}
+            "init_weights": init_weights, "backbone_weights": backbone_weights}
     model.load_state_dict(final_weights(trainer))
     weights = save_trained(model, out_dir, info) if trainer.dist.is_main else None
     metrics: dict[str, Any] = {}
