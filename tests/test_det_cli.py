@@ -81,3 +81,25 @@ def test_bad_input_is_one_error_line(digits, run, tmp_path, capsys):
 
     code = main(["eval", "detect", "--checkpoint", str(tmp_path), "--data", str(digits)])
     assert code == 2 and "holds none of model.safetensors" in capsys.readouterr().err
+
+
+def test_annotations_pointing_outside_the_image_folder_need_allow_outside_root(digits, run, tmp_path, capsys):
+    """file_names like ../shared/x.png are refused with the file, the image and the flag named; with
+    --allow-outside-root, `eval detect` and `train detect` read them."""
+    ann = json.loads((digits / "annotations" / "instances_val.json").read_text())
+    for image in ann["images"]:
+        image["file_name"] = f"../val/{image['file_name']}"  # the same files, reached by climbing out
+    moved = tmp_path / "val_outside.json"
+    moved.write_text(json.dumps(ann))
+    args = ["--val-images", str(digits / "val"), "--val-ann", str(moved)]
+    assert main(["eval", "detect", "--checkpoint", str(run), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vistra: error: {moved}: image id") and "leaves the dataset root" in err
+    assert "--allow-outside-root" in err and "\n" not in err
+    assert main(["eval", "detect", "--checkpoint", str(run), *args, "--allow-outside-root", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_images"] == len(ann["images"])
+    out = tmp_path / "run"
+    code = main(["train", "detect", "--model", "detr", "--train-images", str(digits / "val"), "--train-ann", str(moved),
+                 "--out", str(out), "--allow-outside-root", "--set", *TINY, *SMALL_IMAGES, "val_split=null",
+                 "epochs=1", "batch_size=2", "progress=false"])
+    assert code == 0 and (out / "model.safetensors").is_file()

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from vistra.cli import main
 from vistra.data.cls_transforms import build_eval_transform, build_train_transform
 from vistra.data.coco import CocoDetection
 from vistra.data.det_transforms import build_det_eval_transform, build_det_train_transform
@@ -404,6 +405,12 @@ def test_voc_split_list_leaving_the_root_is_refused_unless_allowed(tmp_path):
         SegmentationDataset(root, "train")
     ds = SegmentationDataset(root, "train", allow_outside_root=True)
     assert ds[0][1].shape == (3, 4)
+    settings = ["--set", "crop_size=32", "scale=[32,32]", "val_split=null", "epochs=1", "batch_size=1",
+                "drop_last=false", "progress=false", "model.fpn_channels=8", "model.channels=8"]
+    args = ["train", "segment", "--model", "semfpn_pvt_v2_digits", "--data", str(root), *settings]
+    assert main([*args, "--out", str(tmp_path / "refused")]) == 2
+    assert main([*args, "--out", str(tmp_path / "run"), "--allow-outside-root"]) == 0
+    assert (tmp_path / "run" / "model.safetensors").is_file()
 
 
 def test_mot_imdir_and_imext_leaving_the_sequence_are_refused_unless_allowed(tmp_path):

@@ -102,3 +102,23 @@ def test_gt_classes_outside_the_tracked_ones_are_named_when_the_data_is_built(di
     sequences = recipe.sequences_of(digits, "train")
     with pytest.raises(DataError, match=r"class id\(s\) \[.*\], which are not among the tracked classes \[3, 5\]"):
         FramePairDataset(sequences, label_map={3: 0, 5: 1})
+
+
+def test_seqinfo_imdir_leaving_the_sequence_needs_allow_outside_root(tmp_path, capsys):
+    """A seqinfo.ini whose imDir climbs out of its sequence folder stops `train track` with the file and the flag
+    named; --allow-outside-root trains on it."""
+    from vistra.tracking.mot_io import find_sequences, read_seqinfo, write_seqinfo
+
+    data = tmp_path / "digits-mot"
+    make_digits_mot(data, n_train=1, n_val=0, length=6, size=(64, 64), digit_size=(16, 24), max_objects=2, seed=3)
+    (seq,) = find_sequences(data / "train")
+    info = read_seqinfo(seq)
+    write_seqinfo(seq, info.__class__(**{**vars(info), "im_dir": f"../{seq.name}/{info.im_dir}"}))
+    common = ["--set", *TINY, "class_agnostic=true", "scales=[64]", "max_size=64", "val_split=null", "epochs=1",
+              "batch_size=2", "progress=false"]
+    assert main(["train", "track", "--data", str(data), "--out", str(tmp_path / "refused"), *common]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vistra: error: {seq / 'seqinfo.ini'}: imDir") and "--allow-outside-root" in err
+    assert main(["train", "track", "--data", str(data), "--out", str(tmp_path / "run"), "--allow-outside-root",
+                 *common]) == 0
+    assert read_trained(tmp_path / "run")[1]["recipe"]["allow_outside_root"] is True

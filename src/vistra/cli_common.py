@@ -41,6 +41,13 @@ def add_fine_tune_args(p: argparse.ArgumentParser) -> None:
                         "(official PVT / PVTv2, timm, Hugging Face, torchvision); the heads start fresh")
 
 
+def add_outside_root_arg(p: argparse.ArgumentParser) -> None:
+    """--allow-outside-root: accept dataset paths that leave the dataset folder (refused by default)."""
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="accept image paths in the annotations that leave the dataset folder (absolute, or climbing "
+                        "out with ..); refused by default")
+
+
 def print_skipped(files: Sequence[str], what: str = "unreadable image file(s)") -> None:
     """One summary line of skipped inputs, listing the first ten."""
     shown = "".join(f"\n  {f}" for f in files[:10]) + (f"\n  ... ({len(files)} in all)" if len(files) > 10 else "")

@@ -35,5 +35,6 @@ def inside_root(root: str | os.PathLike, name: str, source: str | os.PathLike, w
     """
     if not allow_outside_root and leaves_root(name):
         raise DataError(source, f"{what} {name!r} leaves the dataset root {root} (refused; pass "
-                                "allow_outside_root=True if the dataset really points there)")
+                                "--allow-outside-root, or allow_outside_root=True in Python, if the dataset "
+                                "really points there)")
     return Path(root) / name

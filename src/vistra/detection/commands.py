@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from vistra.cli_common import CommandGroups, add_config_args, add_fine_tune_args, print_skipped
+from vistra.cli_common import CommandGroups, add_config_args, add_fine_tune_args, add_outside_root_arg, print_skipped
 
 DEFAULT_OUT = "runs/detect"
 
@@ -31,6 +31,7 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--skip-bad", action="store_true",
                    help="drop bad annotations and skip missing / unreadable images (counted) instead of stopping")
+    add_outside_root_arg(p)
     add_fine_tune_args(p)
     p.set_defaults(func=train)
 
@@ -44,6 +45,7 @@ def add_commands(groups: CommandGroups) -> None:
                    help="override an eval setting, e.g. --set eval_size=640 max_val_images=100")
     p.add_argument("--results", metavar="JSON", help="also write the COCO-format detections to this file")
     p.add_argument("--skip-bad", action="store_true", help="drop bad annotations / skip bad images (counted)")
+    add_outside_root_arg(p)
     p.add_argument("--device", default="auto", help="cpu, cuda, ... (default: cuda when available)")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=evaluate)
@@ -126,6 +128,7 @@ def train(args: argparse.Namespace) -> int:
     if args.data is None and (args.train_images is None or args.train_ann is None):
         raise ValueError("train detect needs --data ROOT, or --train-images DIR with --train-ann JSON")
     flags = {**_path_flags(args, ("train", "val")), "skip_bad": True if args.skip_bad else None,
+             "allow_outside_root": True if args.allow_outside_root else None,
              "backbone_weights": args.backbone_weights, "init_weights": args.init_weights}
     settings = gather_settings(args.config, args.set, flags)
     if args.resume:
@@ -147,7 +150,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.data is None and (args.val_images is None or args.val_ann is None):
         raise ValueError("eval detect needs --data ROOT, or --val-images DIR with --val-ann JSON")
     settings = gather_settings(None, args.set, {**_path_flags(args, ("val",)),
-                                                "skip_bad": True if args.skip_bad else None})
+                                                "skip_bad": True if args.skip_bad else None,
+                                                "allow_outside_root": True if args.allow_outside_root else None})
     stats = eval_detect(args.checkpoint, args.data, split=args.split, overrides=settings, device=args.device,
                         results_path=args.results, model_name=args.model, progress=not args.json)
     if args.json:

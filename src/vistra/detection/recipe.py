@@ -61,7 +61,7 @@ class DetRecipe:
 
     Data: `root` layout (see build_coco) with train_split / val_split (None: no evaluation), or explicit
     train_images + train_ann (and val_images + val_ann). max_train_images / max_val_images: use only the
-    first N images (quick runs). skip_bad: see CocoDetection.
+    first N images (quick runs). skip_bad, allow_outside_root: see CocoDetection.
     Augmentation: see det_transforms (scales, max_size, crop_resize (None: no crop branch), crop_size, hflip;
     eval_size / eval_max_size for evaluation and prediction).
     lr_backbone: absolute lr of the backbone (default: lr / 10, the official 1e-5 and 2e-5);
@@ -84,6 +84,7 @@ class DetRecipe:
     max_train_images: int | None = None
     max_val_images: int | None = None
     skip_bad: bool = False
+    allow_outside_root: bool = False
     scales: list[int] = field(default_factory=lambda: list(DETR_SCALES))
     max_size: int | None = DETR_MAX_SIZE
     crop_resize: list[int] | None = field(default_factory=lambda: list(DETR_CROP_RESIZE))
@@ -158,7 +159,7 @@ def build_datasets(data: str | os.PathLike | None, recipe: DetRecipe, splits: It
         else:
             transform = build_det_eval_transform(recipe.eval_size, recipe.eval_max_size)
         dataset = build_coco(data, split or which, img_folder=images, ann_file=ann, transforms=transform,
-                             skip_bad=recipe.skip_bad, quiet=quiet)
+                             skip_bad=recipe.skip_bad, quiet=quiet, allow_outside_root=recipe.allow_outside_root)
         limit = recipe.max_train_images if which == "train" else recipe.max_val_images
         out[which] = Subset(dataset, range(min(limit, len(dataset)))) if limit else dataset
     return out

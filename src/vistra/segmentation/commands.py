@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from vistra.cli_common import CommandGroups, add_config_args, add_fine_tune_args
+from vistra.cli_common import CommandGroups, add_config_args, add_fine_tune_args, add_outside_root_arg
 
 
 def add_commands(groups: CommandGroups) -> None:
@@ -20,6 +20,7 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--out", help="run folder (default runs/segment)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     add_fine_tune_args(p)
+    add_outside_root_arg(p)
     p.set_defaults(func=train)
 
     p = groups.eval.add_parser("segment", help="mIoU, per-class IoU and pixel accuracy on a mask dataset")
@@ -31,6 +32,7 @@ def add_commands(groups: CommandGroups) -> None:
                    help="recipe override, e.g. --set eval_crop=512 eval_stride=341 reduce_zero_label=true")
     p.add_argument("--out", help="folder for eval_metrics.json (default: the checkpoint's folder)")
     p.add_argument("--device", default="auto")
+    add_outside_root_arg(p)
     p.set_defaults(func=evaluate)
 
     p = groups.make.add_parser("digits-seg",
@@ -67,6 +69,8 @@ def train(args: argparse.Namespace) -> int:
         settings["backbone_weights"] = args.backbone_weights
     if args.init_weights:
         settings["init_weights"] = args.init_weights
+    if args.allow_outside_root:
+        settings["allow_outside_root"] = True
     summary = train_segment(args.model, args.data, args.out or settings.pop("out_dir", None), settings, args.resume)
     metrics = summary["metrics"]
     score = f"val mIoU {100 * metrics['mIoU']:.2f}%, pixel accuracy {100 * metrics['pixel_acc']:.2f}%" \
@@ -82,6 +86,8 @@ def evaluate(args: argparse.Namespace) -> int:
     settings = read_settings(None, args.set)
     if args.mode:
         settings["eval_mode"] = args.mode
+    if args.allow_outside_root:
+        settings["allow_outside_root"] = True
     result = eval_segment(args.checkpoint, args.data, args.split, settings, device=args.device, out=args.out)
     print(f"{result['model']} on {args.data} ({result['split']}, {result['num_images']} images, "
           f"{result['eval_mode']}): mIoU {100 * result['mIoU']:.2f}%, pixel accuracy "

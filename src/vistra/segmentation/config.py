@@ -33,6 +33,7 @@ class SegRecipe:
     head_lr_scale multiplies the learning rate of the head's parameters; layer_decay < 1: layer-wise lr decay
     inside the backbone. backbone_weights: a checkpoint loaded into the backbone before training. init_weights:
     a trained model to start from (tensors of matching name and shape load; the rest starts fresh).
+    allow_outside_root: accept VOC split lists naming files outside the dataset folder.
     model_kwargs: options for the model builder (e.g. head channels); `model.<name>` keys in the settings.
     """
 
@@ -42,6 +43,7 @@ class SegRecipe:
     init_weights: str | None = None
     layout: str = "auto"
     reduce_zero_label: bool = False
+    allow_outside_root: bool = False
     train_split: str = "train"
     val_split: str | None = "val"
     crop_size: int = 512

@@ -74,7 +74,8 @@ def build_datasets(data_root: str | os.PathLike, recipe: SegRecipe, num_classes:
                                       recipe.hflip, recipe.photometric)
     other = build_seg_eval_transform(recipe.eval_scale)
     return {split: SegmentationDataset(data_root, split, recipe.layout, recipe.reduce_zero_label,
-                                       train if split == recipe.train_split else other, num_classes)
+                                       train if split == recipe.train_split else other, num_classes,
+                                       allow_outside_root=recipe.allow_outside_root)
             for split in splits}
 
 

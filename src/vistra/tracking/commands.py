@@ -8,7 +8,8 @@ import argparse
 import json
 from pathlib import Path
 
-from vistra.cli_common import CommandGroups, add_config_args, add_fine_tune_args, pct, print_skipped
+from vistra.cli_common import (CommandGroups, add_config_args, add_fine_tune_args, add_outside_root_arg, pct,
+                               print_skipped)
 
 DEFAULT_OUT = "runs/track"
 
@@ -34,6 +35,7 @@ def add_commands(groups: CommandGroups) -> None:
     p.add_argument("--out", default="runs/train_track", help="run folder (default runs/train_track)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--skip-bad", action="store_true", help="drop malformed gt rows (counted) instead of stopping")
+    add_outside_root_arg(p)
     add_fine_tune_args(p)
     p.set_defaults(func=train)
 
@@ -127,6 +129,8 @@ def train(args: argparse.Namespace) -> int:
     overrides = gather_settings(args.config, args.set, {"skip_bad": True if args.skip_bad else None,
                                                         "backbone_weights": args.backbone_weights,
                                                         "init_weights": args.init_weights,
+                                                        "allow_outside_root": True if args.allow_outside_root
+                                                        else None,
                                                         "class_map": args.class_map})
     result = train_track(args.model, args.data, args.out, overrides, resume=args.resume)
     m = result["metrics"]

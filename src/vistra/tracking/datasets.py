@@ -168,15 +168,17 @@ class ClassTable:
 
 # ---------------------------------------------------------------------------------------- sequences
 def open_sequences(root: str | os.PathLike, format: str | None = None,
-                   class_map: Mapping[str, str] | str | None = None, skip_bad: bool = False) -> list[TrackingSequence]:
-    """Every annotated sequence under root, sorted by name; see the module doc."""
+                   class_map: Mapping[str, str] | str | None = None, skip_bad: bool = False,
+                   allow_outside_root: bool = False) -> list[TrackingSequence]:
+    """Every annotated sequence under root, sorted by name; see the module doc. allow_outside_root: accept a
+    MOTChallenge seqinfo.ini whose imDir leaves its sequence folder."""
     root = Path(root)
     format = format or detect_format(root)
     if format not in FORMATS:
         raise ValueError(f"unknown tracking format {format!r}; known: {', '.join(FORMATS)}")
     mapping = parse_class_map(class_map)
     if format == "mot":
-        return _open_mot(root, mapping, skip_bad)
+        return _open_mot(root, mapping, skip_bad, allow_outside_root)
     table = ClassTable(format, mapping)
     opened = _open_kitti(root, skip_bad) if format == "kitti" else _open_detrac(root, skip_bad)
     sequences = [_finish(seq, table, skip_bad) for seq in opened]
@@ -191,11 +193,12 @@ def mot_names(root: Path) -> dict[int, str]:
                                              if (root / mot_io.SEQINFO).is_file() else None) or dict(MOT17_CLASSES)
 
 
-def _open_mot(root: Path, class_map: Mapping[str, str], skip_bad: bool) -> list[TrackingSequence]:
+def _open_mot(root: Path, class_map: Mapping[str, str], skip_bad: bool,
+              allow_outside_root: bool = False) -> list[TrackingSequence]:
     table = ClassTable("mot", class_map, mot_names(root))
     sequences = []
     for seq_dir in mot_io.find_sequences(root):
-        info = mot_io.read_seqinfo(seq_dir)
+        info = mot_io.read_seqinfo(seq_dir, allow_outside_root)
         gt_file = seq_dir / "gt" / "gt.txt"
         gt = mot_io.read_gt(seq_dir, skip_bad=skip_bad)
         regions = (gt.ids < 0) & (gt.scores == 0)

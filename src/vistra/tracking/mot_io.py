@@ -233,8 +233,8 @@ def find_sequences(root: str | os.PathLike) -> list[Path]:
 
 def read_gt(seq_dir: str | os.PathLike, rule: GtFilter | None = None, skip_bad: bool = False) -> MotTable:
     """A sequence's seq_dir/gt/gt.txt, filtered by `rule` (None: every row); rows past seqLength are malformed."""
-    info = read_seqinfo(seq_dir)
-    path = Path(seq_dir) / "gt" / "gt.txt"
+    info = read_seqinfo(seq_dir, allow_outside_root=True)  # only its length is used here; imDir is checked where
+    path = Path(seq_dir) / "gt" / "gt.txt"                  # the frames are read
     table = read_mot_txt(path, skip_bad=skip_bad)
     late = table.frames > info.length
     if late.any():

@@ -47,6 +47,7 @@ class TrackRecipe:
     init_weights: a trained model (vistra run folder or file, official TransCenter file) to start from: tensors
     of matching name and shape load, the rest (a heatmap head for other classes) starts fresh.
     backbone_weights: an ImageNet (or detector) checkpoint loaded into the backbone before training.
+    allow_outside_root: accept MOTChallenge seqinfo.ini files whose imDir leaves the sequence folder.
     """
 
     train_split: str = "train"
@@ -64,6 +65,7 @@ class TrackRecipe:
     init_weights: str | None = None
     backbone_weights: str | None = None
     skip_bad: bool = False
+    allow_outside_root: bool = False
     class_map: str | dict[str, str] | None = None
     classes: list[str] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -94,14 +96,14 @@ def resolve_config(overrides: Mapping[str, Any] | None, train: bool = True) -> t
 
 # --------------------------------------------------------------------------------------------- data
 def sequences_of(data_root: str | os.PathLike, split: str, class_map: Mapping[str, str] | str | None = None,
-                 skip_bad: bool = False) -> list:
+                 skip_bad: bool = False, allow_outside_root: bool = False) -> list:
     """The sequences (vistra.tracking.datasets.TrackingSequence) under DATA/split, in any tracking format."""
     from vistra.tracking.datasets import open_sequences
 
     folder = Path(data_root) / split
     if not folder.is_dir():
         raise DataError(folder, f"no {split} folder of tracking sequences (MOTChallenge, KITTI or UA-DETRAC)")
-    return open_sequences(folder, class_map=class_map, skip_bad=skip_bad)
+    return open_sequences(folder, class_map=class_map, skip_bad=skip_bad, allow_outside_root=allow_outside_root)
 
 
 def dataset_classes(data_root: str | os.PathLike, recipe: TrackRecipe) -> dict[int, str] | None:
@@ -227,7 +229,8 @@ def train_track(model_name: str, data_root: str | os.PathLike, out_dir: str | os
     from vistra.trained import final_weights, save_trained
 
     recipe, train_values = resolve_config(overrides)
-    train_seqs = sequences_of(data_root, recipe.train_split, recipe.class_map, recipe.skip_bad)
+    train_seqs = sequences_of(data_root, recipe.train_split, recipe.class_map, recipe.skip_bad,
+                              recipe.allow_outside_root)
     found = tracked_classes(dataset_classes(data_root, recipe), recipe.classes, train_seqs)
     names, class_ids = heatmap_classes(found, recipe)
     train_set = build_pairs(train_seqs, recipe, class_ids, bool(found), train=True)
@@ -268,7 +271,8 @@ def track_and_score(model: nn.Module, info: Mapping[str, Any], gt_root: str | os
     tracker_model = CenterTracking(model, info, score_threshold=threshold)
     names = dict(zip(info.get("class_ids") or [1], info["classes"]))
     class_map = info.get("recipe", {}).get("class_map")
-    for seq in open_sequences(gt_root, class_map=class_map):
+    outside = bool(info.get("recipe", {}).get("allow_outside_root"))
+    for seq in open_sequences(gt_root, class_map=class_map, allow_outside_root=outside):
         if seq.folder is None:
             raise DataError(seq.source, f"sequence {seq.name} has no frame images to track")
         track_to_folder(seq.folder, tracker_model, out_dir, tracker, class_names=names, render=render,
