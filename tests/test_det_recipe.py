@@ -25,6 +25,7 @@ from vistra.detection.recipe import (
     train_detect,
 )
 from vistra.detection.render import class_colour, draw_detections
+from vistra.trained import read_trained
 
 TINY_DETR = {"backbone": "resnet18", "hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1,
              "dim_feedforward": 64, "num_queries": 8, "num_classes": 10}
@@ -313,3 +314,18 @@ def test_foreign_weights_load_when_the_model_is_named(tmp_path):
     model, info = load_detector(path, model_name="detr_resnet50")
     assert info["num_classes"] == 91 and info["classes"] == {} and model.class_embed.out_features == 92
     assert torch.equal(model.query_embed.weight, official.query_embed.weight)
+
+
+def test_the_same_seed_trains_the_same_detector(digits, tmp_path, one_thread):
+    """Initial weights come from the run's seed, not from whatever ran before in the process."""
+    overrides = {**{f"model.{k}": v for k, v in TINY_DETR.items() if k != "num_classes"}, "scales": [64],
+                 "max_size": 96, "crop_resize": None, "hflip": 0.0, "val_split": None, "max_train_images": 8,
+                 "epochs": 1, "batch_size": 4, "progress": False}
+    states = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        torch.manual_seed(100 + len(states))  # a different global state before each run
+        train_detect("detr", digits, tmp_path / name, {**overrides, "seed": seed})
+        states.append(read_trained(tmp_path / name)[0])
+    a, b, c = states
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

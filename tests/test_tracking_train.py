@@ -122,3 +122,16 @@ def test_seqinfo_imdir_leaving_the_sequence_needs_allow_outside_root(tmp_path, c
     assert main(["train", "track", "--data", str(data), "--out", str(tmp_path / "run"), "--allow-outside-root",
                  *common]) == 0
     assert read_trained(tmp_path / "run")[1]["recipe"]["allow_outside_root"] is True
+
+
+def test_the_same_seed_trains_the_same_tracker(digits, tmp_path):
+    """Initial weights come from the run's seed: two runs give bitwise-equal models, another seed another one."""
+    settings = {"model.d_model": 32, "model.n_heads": 4, "model.n_points": 2, "model.dec_layers": 1,
+                "model.dim_feedforward": 64, "model.head_channels": 16, "class_agnostic": True, "scales": [64],
+                "max_size": 96, "val_split": None, "epochs": 1, "batch_size": 4, "progress": False}
+    runs = [recipe.train_track("transcenter_pvt_v2_b0", digits, tmp_path / name, {**settings, "seed": seed})
+            for name, seed in (("a", 0), ("b", 0), ("c", 1))]
+    a, b, c = (read_trained(tmp_path / name)[0] for name in "abc")
+    assert runs[0]["history"][-1]["train_loss"] == runs[1]["history"][-1]["train_loss"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

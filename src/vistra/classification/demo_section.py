@@ -30,6 +30,7 @@ def classification_section(ctx: DemoContext) -> SectionResult:
     cfg = resolve_config(ClassifyConfig, base=DIGITS_RECIPE)
     cfg = set_key(cfg, "data.root", str(data_dir), source="demo")
     cfg = set_key(cfg, "train.out_dir", str(ctx.runs / "classify"), source="demo")
+    cfg = set_key(cfg, "train.progress", False, source="demo")  # sections share the console: no progress bars
     if ctx.epochs:
         cfg = set_key(cfg, "train.epochs", ctx.epochs, source="demo")
     train_start = time.perf_counter()

@@ -273,6 +273,7 @@ def train_detect(model_name: str, data: str | os.PathLike | None, out_dir: str |
         if _coco(dataset).num_classes > num_classes:
             raise DataError(_coco(dataset).ann_file, f"has category ids up to {_coco(dataset).num_classes - 1} "
                                                      f"but num_classes={num_classes}; num_classes must be > max id")
+    torch.manual_seed(int(train_values.get("seed", TrainConfig.seed)))  # the same initial weights for the same seed
     model, model_kwargs = build_model(model_name, recipe, num_classes)
     cfg = train_config(model, train_values, out_dir)
     info = {"task": "detect", "model_name": model_name, "model_kwargs": model_kwargs, "num_classes": num_classes,

@@ -235,10 +235,11 @@ def train_track(model_name: str, data_root: str | os.PathLike, out_dir: str | os
     names, class_ids = heatmap_classes(found, recipe)
     train_set = build_pairs(train_seqs, recipe, class_ids, bool(found), train=True)
     model_kwargs = {**recipe.model_kwargs, "num_classes": len(names)}
+    cfg = TrainConfig.from_dict({**TRACK_TRAIN_DEFAULTS, **train_values, "out_dir": str(out_dir)})
+    torch.manual_seed(cfg.seed)  # the same initial weights for the same seed
     model = vistra.create_model(model_name, **model_kwargs)
     init_weights = start_from(model, recipe.init_weights)
     backbone_weights = fine_tune_from(model, recipe.backbone_weights)
-    cfg = TrainConfig.from_dict({**TRACK_TRAIN_DEFAULTS, **train_values, "out_dir": str(out_dir)})
     prefix, body = find_backbone(model)
     groups = build_param_groups(model, cfg.weight_decay,
                                 backbone_lr_scales(body, prefix, recipe.lr_backbone_mult, recipe.layer_decay))
