@@ -125,3 +125,20 @@ def test_class_names_file(tmp_path):
     (tmp_path / "classes.txt").write_text("1 pedestrian\ncar\n")
     with pytest.raises(DataError, match="line 2"):
         read_class_names(tmp_path)
+
+
+def test_unreadable_text_files_are_one_error_naming_them(tmp_path):
+    """A missing file and a binary (non-UTF-8) file each give DataError "<path>: cannot read ..."."""
+    from vistra.data.errors import read_text_lines
+    from vistra.tracking.kitti_io import read_kitti_labels
+
+    binary = tmp_path / "gt.txt"
+    binary.write_bytes(b"\xff\xfe\x00\x81 not text")
+    with pytest.raises(DataError, match=rf"{binary}: cannot read MOTChallenge file \("):
+        read_mot_txt(binary)
+    with pytest.raises(DataError, match=rf"{binary}: cannot read KITTI label file \("):
+        read_kitti_labels(binary)
+    with pytest.raises(DataError, match=r"missing\.txt: cannot read notes \(No such file or directory\)"):
+        read_text_lines(tmp_path / "missing.txt", "notes")
+    (tmp_path / "ok.txt").write_text("a\r\nb\n")
+    assert read_text_lines(tmp_path / "ok.txt", "notes") == ["a", "b"]

@@ -22,16 +22,17 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
 from vistra.bench.common import (
     RESULTS_DIR,
     add_device_arg,
+    count_flops,
     loadavg,
     log,
     machine_info,
@@ -96,14 +97,6 @@ def build_pair(name: str, device: torch.device | str = "cpu") -> tuple[nn.Module
     ours = vistra.create_model(name).eval()
     load_pretrained(ours, ref.state_dict())
     return ours.to(device), ref.to(device)
-
-
-def count_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs (2 x multiply-accumulates) of one forward; CPU's fused attention counted like the GPU kernels."""
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: sdpa_flop}
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        model(x)
-    return counter.get_total_flops()
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -254,7 +247,7 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
         for name in s["models"]:
             pair = build_pair(name, device)
             x = torch.randn(1, 3, s["img_size"], s["img_size"]).to(device)
-            flops = count_flops(pair[0], x)
+            flops = count_flops(partial(pair[0], x))
             for batch in s["batches"]:
                 rows.append(bench_row(name, batch, pair, flops, ref_case, s))
                 r = rows[-1]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
 DEVICES = ("cpu", "cuda")
 RESULTS_DIR = Path("runs") / "bench"  # where results go by default, relative to the working folder
@@ -97,3 +98,11 @@ def log(message: str, settings: dict) -> None:
     """A progress line on stderr when the run's settings ask for verbose output."""
     if settings["verbose"]:
         print(message, file=sys.stderr, flush=True)
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs (2 x multiply-accumulates) of one call; CPU's fused attention counted like the GPU kernels."""
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: sdpa_flop}
+    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        fn()
+    return counter.get_total_flops()

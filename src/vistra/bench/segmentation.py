@@ -20,16 +20,16 @@ import argparse
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
 
 from vistra.bench.common import (
     RESULTS_DIR,
     add_device_arg,
+    count_flops,
     loadavg,
     log,
     machine_info,
@@ -82,14 +82,6 @@ def build(name: str, size: int, device: torch.device | str = "cpu") -> nn.Module
 
     torch.manual_seed(0)
     return vistra.create_model(name, num_classes=NUM_CLASSES, img_size=size).eval().to(device)
-
-
-def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs (2 x multiply-accumulates) of one call; CPU's fused attention counted like the GPU kernels."""
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: sdpa_flop}
-    with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def _summary(name: str, model: nn.Module, flops: dict, out_shape: tuple, rounds: list[dict], s: dict) -> dict:

@@ -16,3 +16,12 @@ class DataError(Exception):
         self.problem = problem
         text = str(path) if problem is None else f"{os.fspath(path)}: {problem}"
         super().__init__(" ".join(text.splitlines()))  # one line, whatever the cause text held
+
+
+def read_text_lines(path: str | os.PathLike, what: str) -> list[str]:
+    """The lines of a text file, or DataError "<path>: cannot read <what> (<reason>)"."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(path, f"cannot read {what} ({getattr(err, 'strerror', None) or err})") from None

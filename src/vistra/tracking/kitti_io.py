@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vistra.data.errors import DataError
+from vistra.data.errors import DataError, read_text_lines
 
 from .mot_io import MotTable, objects
 
@@ -60,10 +60,7 @@ def kitti_type(name: str) -> str | None:
 def read_kitti_labels(path: str | os.PathLike, skip_bad: bool = False) -> KittiLabels:
     """Read a label_02 file (ground truth or results); see the module doc for the columns."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(path, f"cannot read KITTI label file ({err.strerror or err})") from None
+    lines = read_text_lines(path, "KITTI label file")
     rows, types, numbers, extra, dontcare, skipped, seen = [], [], [], [], {}, [], set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vistra.data.errors import DataError
+from vistra.data.errors import DataError, read_text_lines
 from vistra.data.paths import inside_root
 
 SEQINFO = "seqinfo.ini"
@@ -105,10 +105,7 @@ def filter_gt(table: MotTable, rule: GtFilter) -> MotTable:
 def read_mot_txt(path: str | os.PathLike, skip_bad: bool = False) -> MotTable:
     """Read a MOTChallenge text file (gt.txt, det.txt or a results file); see the module doc for the columns."""
     path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(path, f"cannot read MOTChallenge file ({err.strerror or err})") from None
+    lines = read_text_lines(path, "MOTChallenge file")
     rows, skipped, seen = [], [], set()
     for number, line in enumerate(lines, start=1):
         if not line.strip():
