@@ -40,3 +40,16 @@ def test_detection_benchmark_quick(tmp_path):
     assert lines[0] == "| case | vistra | transformers | speedup | goal |"
     assert lines[2].startswith("| inference 64x96, batch 1 |") and ">= 1.3x" in lines[2]
     assert json.loads(out.read_text())["rows"][1]["kind"] == "train_step"
+
+
+def test_detection_benchmark_models_drop_out_alike():
+    """The training step compares equal work: transformers' DETR drops out where the official one (vistra) does."""
+    import torch
+
+    from vistra.bench.detection import build_pair
+
+    ours, theirs = build_pair(quick=True)
+    assert theirs.config.dropout == theirs.config.attention_dropout == theirs.config.activation_dropout == 0.1
+    ours_rates = {m.p for m in ours.transformer.modules() if isinstance(m, torch.nn.Dropout)}
+    ours_rates |= {m.dropout for m in ours.transformer.modules() if isinstance(getattr(m, "dropout", None), float)}
+    assert ours_rates == {0.1}

@@ -369,3 +369,22 @@ def test_deformable_checkpoints_are_not_taken_for_detr():
           "transformer.encoder.layers.0.self_attn.sampling_offsets.weight": torch.zeros(1),
           "query_embed.weight": torch.zeros(1)}
     assert detect_detr_format(sd) is None
+
+
+def test_resnet_training_gradients_match_torchvision():
+    """DETR's backbone in training (frozen norms, layer1 frozen, channels_last with its own backward routes) has
+    torchvision's gradients; in float64, where rounding cannot hide a wrong route."""
+    sd = _randomize_norms(torchvision.models.resnet50().state_dict())
+    tv = torchvision.models.resnet50(norm_layer=TVFrozenBatchNorm2d)
+    tv.load_state_dict(sd, strict=False)
+    ours = vistra.create_model("resnet50", norm_layer="frozen")
+    ours.load_state_dict(sd, strict=True)
+    x = torch.randn(2, 3, 70, 90, dtype=torch.float64)
+    for model in (tv.double(), ours.double()):
+        for name, p in model.named_parameters():
+            p.requires_grad_(name.startswith(("layer2", "layer3", "layer4")))
+        model(x).square().mean().backward()
+    theirs = dict(tv.named_parameters())
+    for name, p in ours.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, theirs[name].grad, rtol=1e-9, atol=1e-12, msg=name)

@@ -55,6 +55,28 @@ def test_vit_attention_maps_match_plain_forward():
     torch.testing.assert_close(maps[0].sum(-1), torch.ones(2, 3, 13))
 
 
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_vit_forward_runs_last_block_for_class_token_with_same_logits_and_gradients(qkv_bias):
+    """forward computes the last block for the class token only; logits and every gradient equal the full path."""
+    model = vistra.create_model("vit_tiny_patch16_224", num_classes=5, qkv_bias=qkv_bias).train()
+    x = torch.randn(2, 3, 48, 64)
+
+    def grads(fn):
+        model.zero_grad()
+        out = fn(x)
+        (out * torch.linspace(-1, 1, out.numel()).view(out.shape)).sum().backward()
+        return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    ours, g_ours = grads(model)
+    full, g_full = grads(lambda x: model.forward_head(model.forward_features(x)))
+    torch.testing.assert_close(ours, full, atol=1e-5, rtol=1e-5)
+    for name, g in g_full.items():
+        torch.testing.assert_close(g_ours[name], g, atol=1e-5, rtol=1e-4, msg=name)
+    block = model.blocks[-1]
+    tokens = torch.randn(2, 13, model.embed_dim)
+    torch.testing.assert_close(block.forward_class_token(tokens), block(tokens)[0][:, :1], atol=1e-5, rtol=1e-5)
+
+
 def test_reset_classifier():
     model = vistra.create_model("pvt_v2_b0")
     model.reset_classifier(3)

@@ -5,7 +5,8 @@ torchvision and timm ImageNet weights load as they are. Detection uses FrozenBat
 parameters are buffers) and, for DC5, dilation instead of stride in the last stage.
 
 Speed: a frozen BatchNorm is folded into the convolution before it on every forward (one conv with a bias
-instead of conv + a full pass over the map), and the backbone runs in channels_last, which oneDNN prefers on CPU.
+instead of conv + a full pass over the map), and the backbone runs in channels_last, which oneDNN prefers on CPU;
+in training, layers.conv.conv2d takes the faster route to the weight gradients there.
 """
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vistra.layers import DropPath, drop_path_rates
+from vistra.layers.conv import conv2d
 from vistra.registry import register_model
 
 
@@ -70,10 +71,10 @@ class FrozenBatchNorm2d(nn.Module):
 def conv_norm(x: torch.Tensor, conv: nn.Conv2d, norm: nn.Module) -> torch.Tensor:
     """norm(conv(x)); a FrozenBatchNorm2d is folded into the convolution's weight and bias (exact up to rounding)."""
     if not isinstance(norm, FrozenBatchNorm2d):
-        return norm(conv(x))
+        return norm(conv2d(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups))
     scale, shift = norm.scale_shift()
     weight = conv.weight * scale.view(-1, 1, 1, 1)  # (C_out, C_in, k, k)
-    return F.conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+    return conv2d(x, weight, shift, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

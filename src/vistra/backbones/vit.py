@@ -45,6 +45,12 @@ class Block(nn.Module):
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x, weights
 
+    def forward_class_token(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens (B, 1 + N, D) -> the class token's output (B, 1, D), as forward gives it: keys and values from
+        every token, the query and the MLP for the class token alone."""
+        cls = x[:, :1] + self.drop_path(self.attn.forward_leading(self.norm1(x), 1))  # (B, 1, D)
+        return cls + self.drop_path(self.mlp(self.norm2(cls)))
+
 
 class VisionTransformer(nn.Module):
     """ViT classifier; also a backbone (forward_pyramid gives the patch-token maps of chosen blocks).
@@ -112,8 +118,16 @@ class VisionTransformer(nn.Module):
         return self.head(x[:, 0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) -> logits (B, num_classes)."""
-        return self.forward_head(self.forward_features(x))
+        """(B, 3, H, W) -> logits (B, num_classes), equal to forward_head(forward_features(x)).
+
+        Only the class token reaches the logits, so the last block runs for it alone (its patch tokens give only
+        keys and values): about 7% less work for a 12-block ViT, the same logits up to float rounding.
+        """
+        x, _ = self._embed(x)
+        for blk in self.blocks[:-1]:
+            x, _ = blk(x)
+        cls = self.blocks[-1].forward_class_token(x)  # (B, 1, D)
+        return self.forward_head(self.norm(cls))
 
     def forward_with_attention(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, 3, H, W) -> logits and each block's attention weights (B, heads, 1 + N, 1 + N)."""
