@@ -125,20 +125,3 @@ class SpatialReductionAttention(nn.Module):
         out, weights = attend(q, k, v, self.attn_drop if self.training else 0.0, need_weights)
         out = out.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(out)), weights
-
-    def forward_leading(self, x: torch.Tensor, num_queries: int) -> torch.Tensor:
-        """The outputs of the first num_queries tokens only: x (B, N, C) -> (B, num_queries, C).
-
-        Keys and values come from every token; queries, the attention rows and proj are computed for the leading
-        tokens alone (ViT's class token in the last block), which is what forward gives for them.
-        """
-        B, N, C = x.shape
-        h, d = self.num_heads, C // self.num_heads
-        bias = self.qkv.bias
-        q = F.linear(x[:, :num_queries], self.qkv.weight[:C], None if bias is None else bias[:C])  # (B, n, C)
-        kv = F.linear(x, self.qkv.weight[C:], None if bias is None else bias[C:])  # (B, N, 2C)
-        k, v = kv.reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, N, d)
-        q = q.reshape(B, num_queries, h, d).transpose(1, 2)  # (B, h, n, d)
-        out, _ = attend(q, k, v, self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, num_queries, C)
-        return self.proj_drop(self.proj(out))
