@@ -14,10 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vistra.layers.dropout import Dropout, attention
+
 
 class MultiheadAttention(nn.Module):
     """Multi-head attention with nn.MultiheadAttention's parameters (in_proj_weight (3D, D), in_proj_bias (3D,),
-    out_proj), batch-first, on the fused scaled-dot-product kernel."""
+    out_proj), batch-first, on the fused scaled-dot-product kernel (layers.dropout.attention when it drops out)."""
 
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -52,8 +54,7 @@ class MultiheadAttention(nn.Module):
         k = k.reshape(B, Lk, h, d).transpose(1, 2)  # (B, h, Lk, d)
         v = v.reshape(B, Lk, h, d).transpose(1, 2)  # (B, h, Lk, d)
         attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
-                                             dropout_p=self.dropout if self.training else 0.0)  # (B, h, Lq, d)
+        out = attention(q, k, v, attn_mask, self.dropout if self.training else 0.0)  # (B, h, Lq, d)
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, D))
 
 
@@ -68,12 +69,12 @@ class EncoderLayer(nn.Module):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,14 +105,14 @@ class DecoderLayer(nn.Module):
         self.self_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.multihead_attn = MultiheadAttention(d_model, nhead, dropout=dropout)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1 = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self.dropout1 = Dropout(dropout)
+        self.dropout2 = Dropout(dropout)
+        self.dropout3 = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def _ffn(self, x: torch.Tensor) -> torch.Tensor:
