@@ -6,27 +6,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vistra.layers.dropout import Dropout, attention, dropout, keep_mask
+from vistra.layers.dropout import Dropout, attention, drop_mask, dropout
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
-def test_keep_mask_rate_is_one_minus_p_in_every_lane(p):
+def test_drop_mask_rate_is_one_minus_p_in_every_lane(p):
     torch.manual_seed(0)
     n = 400_003  # not a multiple of the four lanes of a draw
-    mask, keep = keep_mask((n,), p)
-    assert mask.dtype == torch.bool and mask.shape == (n,)
+    drop, keep = drop_mask((n,), p)
+    assert drop.dtype == torch.bool and drop.shape == (n,)
     assert abs(keep - (1 - p)) <= 1 / 65536
     sigma = math.sqrt(keep * (1 - keep) / (n / 4))
     for lane in range(4):  # each 16-bit lane of the 64-bit draws is uniform
-        assert abs(mask[lane::4].float().mean().item() - keep) < 5 * sigma
+        assert abs((~drop[lane::4]).float().mean().item() - keep) < 5 * sigma
 
 
-def test_keep_mask_follows_the_seed():
+def test_drop_mask_follows_the_seed():
     torch.manual_seed(3)
-    a, _ = keep_mask((7, 9), 0.3)
+    a, _ = drop_mask((7, 9), 0.3)
     torch.manual_seed(3)
-    b, _ = keep_mask((7, 9), 0.3)
-    c, _ = keep_mask((7, 9), 0.3)
+    b, _ = drop_mask((7, 9), 0.3)
+    c, _ = drop_mask((7, 9), 0.3)
     assert torch.equal(a, b) and not torch.equal(b, c)
 
 
@@ -74,9 +74,9 @@ def test_attention_matches_sdpa_without_dropout_and_drops_weights_with_it():
     torch.manual_seed(5)
     out = attention(q, k, v, mask, dropout_p=0.3)
     torch.manual_seed(5)
-    keep_weights, keep = keep_mask((2, 4, 6, 6), 0.3)
+    drop, keep = drop_mask((2, 4, 6, 6), 0.3)
     weights = (q @ k.transpose(-2, -1) / math.sqrt(8)).masked_fill(~mask, float("-inf")).softmax(-1)
-    torch.testing.assert_close(out, (weights * keep_weights / keep) @ v)
+    torch.testing.assert_close(out, (weights * ~drop / keep) @ v)
 
 
 def test_attention_query_without_keys_gives_zeros():

@@ -47,9 +47,10 @@ class _Conv2dNchwWeightGrad(torch.autograd.Function):
 def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: _Pair = (1, 1),
            padding: _Pair = (0, 0), dilation: _Pair = (1, 1), groups: int = 1) -> torch.Tensor:
     """F.conv2d: (B, C_in, H, W) -> (B, C_out, H', W'), routed for a fast backward when it will be differentiated
-    on a channels_last CPU input (otherwise F.conv2d itself)."""
+    on a channels_last CPU input, outside torch.compile (otherwise F.conv2d itself)."""
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
-    if x.dim() != 4 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last):
+    if (x.dim() != 4 or x.device.type != "cpu" or not x.is_contiguous(memory_format=torch.channels_last)
+            or torch.compiler.is_compiling()):
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     training = torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
     if training and weight.shape[-2:] == (1, 1) and padding == (0, 0) and stride != (1, 1):

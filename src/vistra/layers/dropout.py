@@ -3,10 +3,11 @@
 torch's CPU dropout draws one random number per element (bernoulli_), about 14 ns each on 2 threads: 0.16 s for
 one DETR encoder layer's attention weights at 800x1066 (2 x 8 x 850 x 850), 1 s of a 10 s training step. Here
 one 64-bit draw from torch's generator gives four 16-bit lanes, each compared with a threshold (7x faster), and
-the mask is kept as booleans (a quarter of a float mask's memory). The drop probability is p rounded to a
+the mask is kept as booleans (a quarter of a float mask's memory) and applied by masked_fill. Attention scales
+its (B, h, Lq, d) output instead of its (B, h, Lq, Lk) weights. The drop probability is p rounded to a
 multiple of 1/65536 (0.1 -> 0.100006) and the kept values are scaled by the inverse of the exact keep
 probability, so the expectation is unchanged. Seeding (torch.manual_seed) and saved RNG states cover it as they
-cover torch's own dropout. Other devices use torch's dropout.
+cover torch's own dropout. Other devices, and torch.compile (which generates its own), use torch's dropout.
 """
 from __future__ import annotations
 
@@ -17,41 +18,43 @@ from torch import nn
 _LANES = 65536  # 16-bit lanes
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
-    """A CPU bool mask of `shape`, each element True (kept) with probability 1 - p' (p' = p rounded to 1/65536),
-    drawn from torch's default generator; and that keep probability."""
+def drop_mask(shape: torch.Size | tuple[int, ...], p: float) -> tuple[torch.Tensor, float]:
+    """A CPU bool mask of `shape`, each element True (dropped) with probability p' (p rounded to 1/65536),
+    drawn from torch's default generator; and the keep probability 1 - p'."""
     numel = 1
     for s in shape:
         numel *= s
     drop_lanes = round(p * _LANES)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64).random_(-2**63, None)  # uniform over all 64 bits
     lanes = words.view(torch.int16)[:numel]  # (numel,) uniform over [-32768, 32767]
-    return (lanes >= drop_lanes - _LANES // 2).view(shape), 1.0 - drop_lanes / _LANES
+    return (lanes < drop_lanes - _LANES // 2).view(shape), 1.0 - drop_lanes / _LANES
 
 
-class _MaskedScale(torch.autograd.Function):
-    """x * mask * scale, with the bool mask saved for the backward pass."""
+class _DropScale(torch.autograd.Function):
+    """x with the masked elements zeroed, times scale; the bool mask is saved for the backward pass."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.save_for_backward(mask)
+    def forward(ctx, x: torch.Tensor, drop: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(drop)
         ctx.scale = scale
-        return x.mul(mask).mul_(scale)
+        out = x.masked_fill(drop, 0.0)
+        return out if scale == 1.0 else out.mul_(scale)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        (mask,) = ctx.saved_tensors
-        return grad_out.mul(mask).mul_(ctx.scale), None, None
+        (drop,) = ctx.saved_tensors
+        grad = grad_out.masked_fill(drop, 0.0)
+        return (grad if ctx.scale == 1.0 else grad.mul_(ctx.scale)), None, None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """F.dropout(x, p, training): zero each element with probability p and scale the rest by 1 / (1 - p)."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu" or not x.is_floating_point() or not 0.0 < p < 1.0:
+    if x.device.type != "cpu" or not x.is_floating_point() or not 0.0 < p < 1.0 or torch.compiler.is_compiling():
         return F.dropout(x, p, training)
-    mask, keep = keep_mask(x.shape, p)
-    return _MaskedScale.apply(x, mask, 1.0 / keep)
+    drop, keep = drop_mask(x.shape, p)
+    return _DropScale.apply(x, drop, 1.0 / keep)
 
 
 class Dropout(nn.Dropout):
@@ -71,7 +74,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     With dropout on CPU the attention weights are materialised and dropped by `dropout`; otherwise the fused
     kernel runs. Rows with every key masked give zeros, as the fused kernel does.
     """
-    if dropout_p == 0.0 or q.device.type != "cpu":
+    if dropout_p == 0.0 or q.device.type != "cpu" or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
     scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)  # (B, h, Lq, Lk)
     if attn_mask is not None:
@@ -79,4 +82,5 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     weights = scores.softmax(dim=-1)
     if attn_mask is not None and not attn_mask.any(-1).all():  # some query sees no key: NaN rows -> zeros
         weights = weights.nan_to_num(0.0)
-    return dropout(weights, dropout_p) @ v  # (B, h, Lq, d)
+    drop, keep = drop_mask(weights.shape, dropout_p)
+    return (_DropScale.apply(weights, drop, 1.0) @ v) * (1.0 / keep)  # (B, h, Lq, d); scaled after the product
