@@ -71,8 +71,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     """F.scaled_dot_product_attention(q, k, v, attn_mask, dropout_p): q (B, h, Lq, d), k / v (B, h, Lk, d),
     attn_mask bool (True = attend), broadcastable to (B, h, Lq, Lk) -> (B, h, Lq, d).
 
-    With dropout on CPU the attention weights are materialised and dropped by `dropout`; otherwise the fused
-    kernel runs. Rows with every key masked give zeros, as the fused kernel does.
+    With dropout on CPU the attention weights are materialised and dropped with `drop_mask` (the scale applied to
+    the output); otherwise the fused kernel runs. Rows with every key masked give zeros, as the fused kernel does.
     """
     if dropout_p == 0.0 or q.device.type != "cpu" or torch.compiler.is_compiling():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
