@@ -6,7 +6,9 @@ import sys
 import pytest
 import torch
 
+from vistra import create_model
 from vistra.bench import BENCHMARKS, backbones, detection
+from vistra.bench.common import count_flops
 from vistra.cli import main
 
 
@@ -58,3 +60,18 @@ def test_bench_quick_on_cuda(tmp_path, capsys):
     result = json.loads((tmp_path / "backbones.json").read_text())
     assert result["machine"]["device"] == "cuda" and result["machine"]["gpu"]
     assert all(r["vistra_img_s"] > 0 for r in result["rows"])
+
+
+def test_count_flops_counts_linear_convolution_and_attention():
+    q, k = torch.randn(2, 3, 10, 8), torch.randn(2, 3, 14, 8)
+    attention = 2 * (2 * 2 * 3 * 10 * 14 * 8)  # q @ k^T and weights @ v, 2 FLOPs per multiply-accumulate
+    assert count_flops(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, k)) == attention
+    x, w = torch.randn(5, 6), torch.randn(7, 6)
+    assert count_flops(lambda: torch.nn.functional.linear(x, w)) == 2 * 5 * 6 * 7
+    vit = create_model("vit_tiny_patch16_224", num_classes=10).eval()
+    tokens, dim, depth = 197, 192, 12  # the last block runs its query, projection and MLP for the class token only
+    per_block = 2 * tokens * dim * (3 * dim + dim + 2 * 4 * dim) + 2 * 2 * tokens * tokens * dim
+    last_block_for_cls = 2 * tokens * dim * 2 * dim + 2 * 2 * tokens * dim + 2 * dim * (dim + dim + 8 * dim)  # k, v
+    patches = 2 * 196 * dim * 3 * 16 * 16
+    expected = (depth - 1) * per_block + last_block_for_cls + patches + 2 * dim * 10
+    assert count_flops(lambda: vit(torch.randn(1, 3, 224, 224))) == expected

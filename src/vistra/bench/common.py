@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+from torch.utils.flop_counter import FlopCounterMode
 
 DEVICES = ("cpu", "cuda")
 RESULTS_DIR = Path("runs") / "bench"  # where results go by default, relative to the working folder
@@ -100,9 +100,25 @@ def log(message: str, settings: dict) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
+def _attention_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, out_val=None,
+                     **kwargs) -> int:
+    """q (..., Lq, d) @ k^T (..., d, Lk) and weights (..., Lq, Lk) @ v (..., Lk, dv), as 2 x multiply-accumulates."""
+    *lead, lq, d = query.shape
+    lk, dv = key.shape[-2], value.shape[-1]
+    batch = 1
+    for size in torch.broadcast_shapes(tuple(lead), tuple(key.shape[:-2])):
+        batch *= size
+    return 2 * batch * lq * lk * (d + dv)
+
+
+_attention_flops._get_raw = True  # FlopCounterMode passes the tensors themselves
+
+
 def count_flops(fn: Callable[[], object]) -> int:
-    """FLOPs (2 x multiply-accumulates) of one call; CPU's fused attention counted like the GPU kernels."""
-    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: sdpa_flop}
+    """FLOPs (2 x multiply-accumulates) of one call; CPU's fused attention counted like the GPU kernels (under
+    inference_mode the counter sees scaled_dot_product_attention itself, not the kernel it picks)."""
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _attention_flops,
+               torch.ops.aten.scaled_dot_product_attention: _attention_flops}
     with torch.inference_mode(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         fn()
     return counter.get_total_flops()
