@@ -36,11 +36,24 @@ def test_bench_refuses_unknown_names_and_unavailable_devices_before_running_anyt
 
 def test_backbones_without_timm_times_vistra_alone_with_a_note(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm -> ImportError
-    result = backbones.run(["--quick", "--models", "pvt_v2_b0", "--threads", "1", "--quiet", "--no-save"])
+    result = backbones.run(["--quick", "--models", "pvt_v2_b0", "--threads", "1", "--quiet", "--no-save",
+                            "--same-process"])  # the patched import holds in this process only
     (row,) = result["rows"]
     assert row["vistra_img_s"] > 0 and row["timm_img_s"] is None and row["ratio"] is None
     assert result["table"].splitlines()[2].startswith("| pvt_v2_b0 | 1 |") and "| n/a | n/a |" in result["table"]
     assert result["notes"] == [backbones.NO_TIMM] and backbones.NO_TIMM in backbones.summary(result)
+
+
+def test_backbones_time_each_model_in_a_fresh_process_against_timm():
+    pytest.importorskip("timm")
+    result = backbones.run(["--quick", "--models", "vit_small_patch16_224", "pvt_v2_b0", "--threads", "1",
+                            "--quiet", "--no-save"])
+    assert result["settings"]["process_per_model"]
+    assert [r["model"] for r in result["rows"]] == ["vit_small_patch16_224", "pvt_v2_b0"]
+    for r in result["rows"]:
+        assert r["vistra_img_s"] > 0 and r["timm_img_s"] > 0 and r["max_abs_diff"] < 1e-4
+        model, x = create_model(r["model"]).eval(), torch.randn(1, 3, 224, 224)
+        assert r["gflops_per_img"] == count_flops(lambda: model(x)) / 1e9
 
 
 def test_detection_without_transformers_times_vistra_alone_with_a_note(monkeypatch):

@@ -5,8 +5,10 @@ random 224x224 input, with the same number of threads. After a warmup the two ar
 alternate which one goes first; each round also times a reference fp32 matmul, so every row can say what
 fraction of the machine's matmul throughput the model reached *at that moment* (the machine may be shared and
 its speed drift). Reported figures are medians over rounds; the ratio is the median of the per-round
-vistra/timm ratios (paired, so it is robust to drift between rounds). Without timm installed, vistra is timmed
-alone and the comparison columns read n/a.
+vistra/timm ratios (paired, so it is robust to drift between rounds). Each model runs in a fresh process
+(--same-process: all in this one): glibc serves a large allocation from fresh, zeroed pages until a block that
+large has been freed, so a model timed after a bigger one can skip page faults it would take on its own. Without
+timm installed, vistra is timed alone and the comparison columns read n/a.
 
     vistra bench backbones                               # full run (about 5 minutes on 2 cores)
     vistra bench backbones --quick                       # smoke run
@@ -18,10 +20,13 @@ argparse.Namespace from parse_args, a list of command-line strings, or None for 
 from __future__ import annotations
 
 import argparse
+import copy
+import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from functools import partial
 from pathlib import Path
 
@@ -39,6 +44,7 @@ from vistra.bench.common import (
     resolve_device,
     timed,
 )
+from vistra.layers.linear import packed_weights_supported, use_packed_weights
 
 MODELS = ("vit_small_patch16_224", "vit_base_patch16_224", "pvt_v2_b0", "pvt_v2_b2")
 QUICK_MODELS = ("vit_small_patch16_224", "pvt_v2_b0")
@@ -61,6 +67,11 @@ def parse_args(argv: Sequence[str] | None = None, default_out: Path = DEFAULT_OU
     p.add_argument("--no-save", action="store_true", help="do not write the JSON file")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 round, 1 warmup, small matmul set")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--no-packed", action="store_true",
+                   help="skip the third measurement, vistra on MKL-packed weights (use_packed_weights)")
+    p.add_argument("--same-process", action="store_true",
+                   help="time every model in this process (by default each model runs in a fresh one: what one "
+                        "model frees changes how fast the next one's memory is allocated)")
     return p.parse_args(argv)
 
 
@@ -78,6 +89,8 @@ def _settings(args: argparse.Namespace) -> dict:
         "device": getattr(args, "device", "cpu"),
         "quick": q,
         "verbose": not args.quiet,
+        "process_per_model": not args.same_process,
+        "packed": not args.no_packed,
     }
 
 
@@ -148,48 +161,81 @@ def matmul_throughput(s: dict) -> dict:
 
 
 def bench_row(name: str, batch: int, pair: tuple[nn.Module, nn.Module | None], flops_per_img: int, ref_case: dict,
-              s: dict) -> dict:
-    """Time vistra and timm on one (model, batch), alternating their order each round, plus the reference matmul.
+              s: dict, packed: nn.Module | None = None) -> dict:
+    """Time vistra and timm on one (model, batch), rotating their order each round, plus the reference matmul;
+    `packed`, when given, is vistra's model on packed weights (use_packed_weights), timed alongside.
     Without a timm model (None) vistra is timed alone and the comparison fields are None."""
     ours, theirs = pair
     device = torch.device(s["device"])
     x = torch.randn(batch, 3, s["img_size"], s["img_size"], generator=torch.Generator().manual_seed(1)).to(device)
     with torch.inference_mode():
         fns = {"vistra": lambda: ours(x)}
-        diff = None
+        diff = packed_diff = None
         if theirs is not None:
             diff = (ours(x) - theirs(x)).abs().max().item()
             fns["timm"] = lambda: theirs(x)
+        if packed is not None:
+            packed_diff = (packed(x) - (theirs or ours)(x)).abs().max().item()
+            fns["packed"] = lambda: packed(x)
         for _ in range(s["warmup"]):
             for fn in fns.values():
                 fn()
-        iters = max(_iters_for(fns[impl], s["min_time_s"], device) for impl in ("timm", "vistra") if impl in fns)
+        iters = max(_iters_for(fn, s["min_time_s"], device) for fn in fns.values())
         mm_fn, mm_flops = _matmul_fn(ref_case["m"], ref_case["k"], ref_case["n"], device)
         mm_iters = _iters_for(mm_fn, min(s["min_time_s"], 0.3), device)
         per_round = []
+        impls = list(fns)
         for r in range(s["rounds"]):
-            order = [impl for impl in (("vistra", "timm") if r % 2 == 0 else ("timm", "vistra")) if impl in fns]
+            order = impls[r % len(impls):] + impls[:r % len(impls)]
             secs = {impl: timed(fns[impl], device, iters) for impl in order}
             mm_gflops = mm_flops / timed(mm_fn, device, mm_iters) / 1e9
             per_round.append({**{impl: batch / t for impl, t in secs.items()}, "mm_gflops": mm_gflops})
     med = lambda key: statistics.median(p[key] for p in per_round)  # noqa: E731
     compared = theirs is not None
+
+    def fraction(impl: str) -> float:
+        return statistics.median(p[impl] * flops_per_img / 1e9 / p["mm_gflops"] for p in per_round)
+
     return {
         "model": name,
         "batch": batch,
         "vistra_img_s": med("vistra"),
         "timm_img_s": med("timm") if compared else None,
         "ratio": statistics.median(p["vistra"] / p["timm"] for p in per_round) if compared else None,
+        "packed_img_s": med("packed") if packed is not None else None,
+        "packed_ratio": statistics.median(p["packed"] / p["timm"] for p in per_round)
+        if compared and packed is not None else None,
         "gflops_per_img": flops_per_img / 1e9,
         "vistra_gflops": med("vistra") * flops_per_img / 1e9,
         "timm_gflops": med("timm") * flops_per_img / 1e9 if compared else None,
         "ref_matmul_gflops": med("mm_gflops"),
-        "vistra_fraction_of_matmul": statistics.median(
-            p["vistra"] * flops_per_img / 1e9 / p["mm_gflops"] for p in per_round),
+        "vistra_fraction_of_matmul": fraction("vistra"),
+        "packed_fraction_of_matmul": fraction("packed") if packed is not None else None,
         "max_abs_diff": diff,
+        "packed_max_abs_diff": packed_diff,
         "iters_per_round": iters,
         "rounds": per_round,
     }
+
+
+def model_rows(name: str, ref_case: dict, s: dict) -> list[dict]:
+    """bench_row for each batch size of one model (a fresh process runs this when the settings ask for one)."""
+    torch.set_num_threads(s["threads"])
+    device = resolve_device(s["device"])
+    pair = build_pair(name, device)
+    x = torch.randn(1, 3, s["img_size"], s["img_size"]).to(device)
+    flops = count_flops(partial(pair[0], x))
+    packed = None
+    if s["packed"] and device.type == "cpu" and packed_weights_supported():
+        packed = copy.deepcopy(pair[0])
+        use_packed_weights(packed)
+    rows = []
+    for batch in s["batches"]:
+        rows.append(bench_row(name, batch, pair, flops, ref_case, s, packed))
+        r = rows[-1]
+        log(f"{name} batch {batch}: vistra {r['vistra_img_s']:.2f} img/s (packed {_num(r['packed_img_s'], '.2f')}),"
+            f" timm {_num(r['timm_img_s'], '.2f')} img/s, ratio {_num(r['ratio'], '.3f')}", s)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------- report
@@ -197,16 +243,22 @@ def _num(value: float | None, fmt: str) -> str:
     return "n/a" if value is None else format(value, fmt)
 
 
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| model | batch | vistra img/s | timm img/s | ratio | GFLOP/img | vistra GFLOP/s | % of matmul |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | batch | vistra img/s | timm img/s | ratio | GFLOP/img | vistra GFLOP/s | % of matmul "
+        "| packed img/s | packed ratio | packed % of matmul |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         lines.append(
             f"| {r['model']} | {r['batch']} | {r['vistra_img_s']:.2f} | {_num(r['timm_img_s'], '.2f')} "
             f"| {_num(r['ratio'], '.3f')} | {r['gflops_per_img']:.2f} | {r['vistra_gflops']:.1f} "
-            f"| {100 * r['vistra_fraction_of_matmul']:.0f}% |"
+            f"| {_percent(r['vistra_fraction_of_matmul'])} | {_num(r.get('packed_img_s'), '.2f')} "
+            f"| {_num(r.get('packed_ratio'), '.3f')} | {_percent(r.get('packed_fraction_of_matmul'))} |"
         )
     return "\n".join(lines)
 
@@ -221,7 +273,9 @@ def summary(result: dict) -> str:
             out.append(f"ViT-B/16 batch {r['batch']}: {r['vistra_gflops']:.1f} GFLOP/s = "
                        f"{100 * r['vistra_fraction_of_matmul']:.0f}% of the matmul throughput measured in the same "
                        f"rounds ({r['ref_matmul_gflops']:.1f} GFLOP/s), "
-                       f"{100 * r['vistra_gflops'] / mm['best_gflops']:.0f}% of the best matmul figure above")
+                       f"{100 * r['vistra_gflops'] / mm['best_gflops']:.0f}% of the best matmul figure above"
+                       + (f"; on packed weights {_percent(r['packed_fraction_of_matmul'])}"
+                          if r.get("packed_fraction_of_matmul") else ""))
     out.append("ratio = median over rounds of vistra/timm measured back to back; img/s are medians over rounds.")
     out += result.get("notes", [])
     return "\n".join(out)
@@ -245,15 +299,11 @@ def run(args: argparse.Namespace | Sequence[str] | None = None) -> dict:
         ref_case = next(c for c in matmul["cases"] if c["case"] == matmul["best_case"])
         rows = []
         for name in s["models"]:
-            pair = build_pair(name, device)
-            x = torch.randn(1, 3, s["img_size"], s["img_size"]).to(device)
-            flops = count_flops(partial(pair[0], x))
-            for batch in s["batches"]:
-                rows.append(bench_row(name, batch, pair, flops, ref_case, s))
-                r = rows[-1]
-                log(f"{name} batch {batch}: vistra {r['vistra_img_s']:.2f} img/s, timm "
-                     f"{_num(r['timm_img_s'], '.2f')} img/s, ratio {_num(r['ratio'], '.3f')}", s)
-            del pair
+            if s["process_per_model"]:
+                with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as fresh:
+                    rows += fresh.submit(model_rows, name, ref_case, s).result()
+            else:
+                rows += model_rows(name, ref_case, s)
         info["loadavg_end"] = loadavg()
         info["elapsed_s"] = time.perf_counter() - started
     finally:

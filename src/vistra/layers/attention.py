@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vistra.layers.grid import grid_to_tokens, tokens_to_grid
+from vistra.layers.linear import Linear
 
 
 def attend(
@@ -32,9 +33,9 @@ class Attention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, need_weights: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -89,10 +90,10 @@ class SpatialReductionAttention(nn.Module):
         self.num_heads = num_heads
         self.sr_ratio = sr_ratio
         self.linear = linear
-        self.q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.q = Linear(dim, dim, bias=qkv_bias)
+        self.kv = Linear(dim, dim * 2, bias=qkv_bias)
         self.attn_drop = attn_drop
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         if linear:
             self.pool = nn.AdaptiveAvgPool2d(pool_size)

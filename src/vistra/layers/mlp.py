@@ -5,24 +5,14 @@ import torch
 from torch import nn
 
 from vistra.layers.grid import grid_to_tokens, tokens_to_grid
+from vistra.layers.inference import fast_inference
+from vistra.layers.linear import Linear
 
 # Inference runs PVTv2's convolutional MLP over the batch in chunks whose hidden activation (tokens x hidden
 # floats) stays within this many bytes, so fc1 -> depthwise conv -> GELU -> fc2 work in cache. Unchunked at
 # batch 8, stage 1 of pvt_v2_b2 streams three 51 MB tensors through main memory (each a fresh allocation that
 # the kernel must map and zero); per image they are 6.4 MB.
 CONV_MLP_CHUNK_BYTES = 4 * 2**20
-
-
-def fast_inference() -> bool:
-    """True when autograd is off and no tracer / exporter / compiler is watching: in-place activations and
-    batch chunking are then safe and invisible."""
-    return not (
-        torch.is_grad_enabled()
-        or torch.jit.is_scripting()
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-        or torch.compiler.is_compiling()
-    )
 
 
 def activation_(act: nn.Module, x: torch.Tensor, inplace: bool) -> torch.Tensor:
@@ -39,9 +29,9 @@ class Mlp(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+        self.fc2 = Linear(hidden_features, out_features or in_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,11 +59,11 @@ class ConvMlp(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0, linear: bool = False):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.fc1 = Linear(in_features, hidden_features)
         self.relu = nn.ReLU() if linear else nn.Identity()
         self.dwconv = DWConv(hidden_features)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.fc2 = Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
