@@ -164,6 +164,24 @@ def test_eval(run, digits, tmp_path, checkpoint, capsys):
     assert f"top-1 {result['top1']:.2f}%" in out and "top-5 100.00%" in out and "eval_metrics.json" in out
 
 
+def test_eval_on_packed_weights_gives_the_same_metrics(run, digits, tmp_path):
+    runs = {}
+    for flags in ([], ["--packed-weights"]):
+        out = tmp_path / ("packed" if flags else "plain")
+        assert main(["eval", "classify", "--checkpoint", str(run), "--data", str(digits / "val"), "--out", str(out),
+                     "--batch-size", "4", *flags]) == 0  # 18 images: the packed path serves batches 2-4
+        runs[bool(flags)] = json.loads((out / "eval_metrics.json").read_text())
+    assert runs[True]["top1"] == runs[False]["top1"] and runs[True]["loss"] == pytest.approx(runs[False]["loss"],
+                                                                                            abs=1e-5)
+
+
+def test_eval_packed_weights_without_mkl_is_a_one_line_error(run, digits, monkeypatch, capsys):
+    monkeypatch.setattr("vistra.layers.linear.packed_weights_supported", lambda: False)
+    assert main(["eval", "classify", "--checkpoint", str(run), "--data", str(digits / "val"),
+                 "--packed-weights"]) == 2
+    assert "need a torch build with MKL" in capsys.readouterr().err
+
+
 def test_eval_matches_manual_count(run, digits, tmp_path):
     """top-1 from the CLI equals counting argmax hits over the val images by hand."""
     assert main(["eval", "classify", "--checkpoint", str(run), "--data", str(digits / "val"), "--out",

@@ -37,6 +37,7 @@ def test_packed_path_packs_on_the_second_call_with_a_row_count_and_matches_f_lin
         assert layer._pack is not None and layer._pack[0][0] == 14
         other = layer(torch.randn(5, 48))  # another row count: plain product, the packed copy kept
         assert layer._pack[0][0] == 14 and other.shape == (5, 80)
+        assert layer(torch.randn(0, 48)).shape == (0, 80)
     expected = F.linear(x, layer.weight, layer.bias)
     assert first.shape == second.shape == (2, 7, 80)
     assert (first - expected).abs().max() < 1e-5 and (second - expected).abs().max() < 1e-5
@@ -83,5 +84,15 @@ def test_use_packed_weights_on_a_vit_gives_the_same_logits_and_can_be_undone():
 
 def test_use_packed_weights_refuses_a_build_without_mkl(monkeypatch):
     monkeypatch.setattr(linear_module, "packed_weights_supported", lambda: False)
-    with pytest.raises(RuntimeError, match="need a torch build with MKL"):
+    with pytest.raises(ValueError, match="need a torch build with MKL"):
         linear_module.use_packed_weights(Linear(2, 2))
+
+
+@needs_mkl
+def test_packed_path_works_on_a_model_built_under_inference_mode():
+    with torch.inference_mode():
+        layer = Linear(8, 4).eval()
+        use_packed_weights(layer)
+        x = torch.randn(3, 8)
+        layer(x)
+        assert (layer(x) - F.linear(x, layer.weight, layer.bias)).abs().max() < 1e-5 and layer._pack is not None

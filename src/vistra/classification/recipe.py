@@ -15,6 +15,7 @@ from vistra.classification.evaluate import evaluate, label_map, readable_only
 from vistra.classification.model_file import ClassifierInfo, load_classifier, save_classifier
 from vistra.config import save_config
 from vistra.data.errors import DataError
+from vistra.layers.linear import use_packed_weights
 
 SUMMARY = "summary.json"
 
@@ -177,14 +178,18 @@ def eval_classify(
     num_workers: int = 0,
     skip_bad: bool = False,
     progress: bool = True,
+    packed_weights: bool = False,
 ) -> dict[str, Any]:
     """Top-1 / top-5 of a trained classifier on one ImageFolder; also written to out (default: beside it).
+    packed_weights: run on MKL-packed linear weights (vistra.layers.use_packed_weights).
 
     Returns {"checkpoint", "data", "model", "top1", "top5", "loss", "num_images", "skipped_files", "json"}.
     """
     from vistra.data.image_folder import ImageFolderDataset
 
     model, info = load_classifier(checkpoint, model_name)
+    if packed_weights:
+        use_packed_weights(model)
     dataset = ImageFolderDataset(data_root, transform=info.build_eval_transform(), skip_bad=skip_bad)
     mapping = label_map(dataset.classes, info.classes, str(data_root))
     metrics = evaluate(model, readable_only(dataset, progress), batch_size=batch_size, num_workers=num_workers,

@@ -35,7 +35,10 @@ class Linear(nn.Linear):
                 and self.weight.dtype == torch.float32 and fast_inference()):
             return F.linear(x, self.weight, self.bias)
         rows = x.numel() // self.in_features
-        key = (rows, self.weight.data_ptr(), self.weight._version)
+        if rows == 0:
+            return F.linear(x, self.weight, self.bias)
+        version = 0 if self.weight.is_inference() else self.weight._version  # inference tensors keep no version
+        key = (rows, self.weight.data_ptr(), version)
         if self._pack is None or self._pack[0] != key:
             seen_before, self._last_rows = self._last_rows == rows, rows
             if not seen_before:  # a row count seen once may never come back: not worth packing for
@@ -50,9 +53,9 @@ class Linear(nn.Linear):
 
 def use_packed_weights(model: nn.Module, enabled: bool = True) -> int:
     """Switch the packed-weight inference path of every vistra Linear in model on (or off, freeing the copies);
-    returns how many layers it switched. Raises RuntimeError when enabling on a torch build without MKL."""
+    returns how many layers it switched. Raises ValueError when enabling on a torch build without MKL."""
     if enabled and not packed_weights_supported():
-        raise RuntimeError("packed weights need a torch build with MKL (x86 CPUs); this one has none")
+        raise ValueError("packed weights need a torch build with MKL (x86 CPUs); this one has none")
     layers = [m for m in model.modules() if isinstance(m, Linear)]
     for layer in layers:
         layer.packed = enabled
