@@ -18,6 +18,7 @@ from vistra.classification.rollout import attention_rollout
 from vistra.cli import main
 from vistra.config import resolve_config, save_config
 from vistra.data.image_io import read_image
+from vistra.layers import packed_weights_supported
 from vistra.trained import save_trained
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,6 +165,7 @@ def test_eval(run, digits, tmp_path, checkpoint, capsys):
     assert f"top-1 {result['top1']:.2f}%" in out and "top-5 100.00%" in out and "eval_metrics.json" in out
 
 
+@pytest.mark.skipif(not packed_weights_supported(), reason="this torch build has no MKL")
 def test_eval_on_packed_weights_gives_the_same_metrics(run, digits, tmp_path):
     runs = {}
     for flags in ([], ["--packed-weights"]):
