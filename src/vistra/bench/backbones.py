@@ -171,11 +171,12 @@ def bench_row(name: str, batch: int, pair: tuple[nn.Module, nn.Module | None], f
     with torch.inference_mode():
         fns = {"vistra": lambda: ours(x)}
         diff = packed_diff = None
+        reference = ours(x) if theirs is None else theirs(x)  # what packed is compared with: timm, else vistra
         if theirs is not None:
-            diff = (ours(x) - theirs(x)).abs().max().item()
+            diff = (ours(x) - reference).abs().max().item()
             fns["timm"] = lambda: theirs(x)
         if packed is not None:
-            packed_diff = (packed(x) - (theirs or ours)(x)).abs().max().item()
+            packed_diff = (packed(x) - reference).abs().max().item()
             fns["packed"] = lambda: packed(x)
         for _ in range(s["warmup"]):
             for fn in fns.values():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import platform
 import sys
@@ -105,9 +106,7 @@ def _attention_flops(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     """q (..., Lq, d) @ k^T (..., d, Lk) and weights (..., Lq, Lk) @ v (..., Lk, dv), as 2 x multiply-accumulates."""
     *lead, lq, d = query.shape
     lk, dv = key.shape[-2], value.shape[-1]
-    batch = 1
-    for size in torch.broadcast_shapes(tuple(lead), tuple(key.shape[:-2])):
-        batch *= size
+    batch = math.prod(torch.broadcast_shapes(tuple(lead), tuple(key.shape[:-2])))
     return 2 * batch * lq * lk * (d + dv)
 
 

@@ -31,20 +31,26 @@ class Linear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., in_features) -> (..., out_features)."""
-        if not (self.packed and x.device.type == "cpu" and x.dtype == torch.float32
-                and self.weight.dtype == torch.float32 and fast_inference()):
+        pack = self._packed_weight(x) if self.packed and self._packable(x) else None
+        if pack is None:
             return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkl._mkl_linear(x, pack, self.weight, self.bias, self._pack[0][0])  # (..., out_features)
+
+    def _packable(self, x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype == torch.float32 and self.weight.dtype == torch.float32
+                and x.numel() > 0 and fast_inference())
+
+    def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The packed weight for x's row count, (re)made when that count comes a second time in a row; None before."""
         rows = x.numel() // self.in_features
-        if rows == 0:
-            return F.linear(x, self.weight, self.bias)
         version = 0 if self.weight.is_inference() else self.weight._version  # inference tensors keep no version
         key = (rows, self.weight.data_ptr(), version)
         if self._pack is None or self._pack[0] != key:
             seen_before, self._last_rows = self._last_rows == rows, rows
             if not seen_before:  # a row count seen once may never come back: not worth packing for
-                return F.linear(x, self.weight, self.bias)
+                return None
             self._pack = key, torch.ops.mkl._mkl_reorder_linear_weight(self.weight, rows)
-        return torch.ops.mkl._mkl_linear(x, self._pack[1], self.weight, self.bias, rows)  # (..., out_features)
+        return self._pack[1]
 
     def drop_packed(self) -> None:
         """Free the packed copy."""
